@@ -1,0 +1,35 @@
+"""icasc_tf: attention separability and consistency (ICASC) and painless attention (WRNA) for Keras 3."""
+from setuptools import find_packages, setup
+
+# TensorFlow is an extra so that a CPU machine never pulls the CUDA wheels:
+#   pip install -e .[cpu]   -> tensorflow-cpu
+#   pip install -e .[gpu]   -> tensorflow with its CUDA libraries
+TF_VERSION = "2.21.0"
+
+setup(
+    name="icasc_tf",
+    version="0.1.0",
+    description=(
+        "Sharpen Focus (ICASC) and Painless Attention (WRNA) in TensorFlow/Keras 3"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["icasc_tf", "icasc_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "keras==3.15.1",
+        "tensorflow-datasets==4.9.10",
+        "tensorboard>=2.21,<2.22",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "scipy>=1.13",
+        "scikit-learn>=1.5",
+        "matplotlib>=3.9",
+        "pillow>=10.0",
+    ],
+    extras_require={
+        "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+)
