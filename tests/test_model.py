@@ -1,0 +1,334 @@
+"""The ICASC model: per-sample correctness, second-order gradients, fit, distribution, saving."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from icasc_tf import ICASC, attention, losses
+from icasc_tf.selection import confusing_class, confusing_one_hot, target_one_hot
+from tests import reference as ref
+from tests.nets import tiny_convnet
+
+RNG = np.random.default_rng(1)
+
+
+def _data(n=8, size=16, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, size, size, 3)).astype("float32"), rng.integers(0, classes, n)
+
+
+# ----------------------------------------------------------------------- per-sample correctness
+def _terms(model, x, y, training):
+    terms = model._loss_terms(tf.constant(x), tf.constant(y, tf.int32), training=training, with_attention=True)
+    return {k: v.numpy() for k, v in terms.items()}
+
+
+def test_terms_match_numpy_reference_on_bn_free_net():
+    """The whole pipeline (classes, gradients, maps, mask, losses) against NumPy."""
+    model = ICASC(tiny_convnet(batch_norm=False), "inner", "last")
+    x, y = _data()
+    got = _terms(model, x, y, training=False)
+    tap = model._tap
+    with tf.GradientTape(persistent=True) as tape:
+        f_in, f_la, logits = tap(tf.constant(x))
+        scores_t = tf.gather(logits, y, batch_dims=1)
+        conf = []
+        for b in range(len(y)):
+            z = logits.numpy()[b].copy()
+            z[y[b]] = -np.inf
+            conf.append(int(np.argmax(z)))
+        scores_c = tf.gather(logits, conf, batch_dims=1)
+    g_in_t, g_la_t = tape.gradient(scores_t, [f_in, f_la])
+    g_in_c, g_la_c = tape.gradient(scores_c, [f_in, f_la])
+    F_in, F_la = f_in.numpy().astype("float64"), f_la.numpy().astype("float64")
+    a_in_t, a_la_t = ref.a_ch(F_in, g_in_t.numpy()), ref.a_ch(F_la, g_la_t.numpy())
+    a_in_c, a_la_c = ref.a_ch(F_in, g_in_c.numpy()), ref.a_ch(F_la, g_la_c.numpy())
+    m_la = ref.mask(a_la_t)
+    m_in = tf.image.resize(m_la[..., None], a_in_t.shape[1:], method="bilinear")[..., 0].numpy()
+    np.testing.assert_allclose(got["as_last"], ref.separation(a_la_t, a_la_c, m_la), rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(got["as_inner"], ref.separation(a_in_t, a_in_c, m_in), rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(got["ac"], ref.consistency(a_in_t, m_in), rtol=2e-4, atol=1e-6)
+    assert got["as_inner"].max() > 0.01
+
+
+def test_batched_terms_equal_one_sample_at_a_time_in_inference_mode():
+    model = ICASC(tiny_convnet(batch_norm=True), "inner", "last")
+    x, y = _data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0) if model.compiled else None
+    batched = _terms(model, x, y, training=False)
+    for b in range(len(y)):
+        single = _terms(model, x[b : b + 1], y[b : b + 1], training=False)
+        for name in ("as_inner", "as_last", "ac", "classification_loss"):
+            np.testing.assert_allclose(batched[name][b], single[name][0], rtol=1e-4, atol=1e-6)
+
+
+def test_exact_mode_uses_per_sample_gradients_in_training_mode():
+    """'exact' equals gradients of each sample's own score alone; 'batch' does not (BN mixes)."""
+    backbone = tiny_convnet(batch_norm=True)
+    exact = ICASC(backbone, "inner", "last", bn_mode="exact")
+    batch = ICASC(backbone, "inner", "last", bn_mode="batch")
+    x, y = _data()
+    x = tf.constant(x)
+    # Reference: one sample's score at a time, through the inference-mode head.
+    f_in, _, logits = exact._tap(x, training=True)
+    per_sample = []
+    for b in range(len(y)):
+        with tf.GradientTape() as tape:
+            tape.watch(f_in)
+            _, scores = exact._head(f_in, training=False)
+            score = scores[b, y[b]]
+        per_sample.append(tape.gradient(score, f_in)[b])
+    want = attention.channel_weighted_attention(f_in, tf.stack(per_sample)).numpy()
+    # The same maps as the model builds them, read through its attention-map path.
+    with tf.GradientTape() as tape:
+        tape.watch(f_in)
+        _, scores = exact._head(f_in, training=False)
+        total = tf.reduce_sum(tf.gather(scores, y, batch_dims=1))
+    got = attention.channel_weighted_attention(f_in, tape.gradient(total, f_in)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    # Training-mode BN: the summed gradient is not each sample's own gradient.
+    with tf.GradientTape() as tape:
+        f_in2, _, logits2 = batch._tap(x, training=True)
+        total = tf.reduce_sum(tf.gather(logits2, y, batch_dims=1))
+    summed = attention.channel_weighted_attention(f_in2, tape.gradient(total, f_in2)).numpy()
+    rel = np.linalg.norm(summed - want) / np.linalg.norm(want)
+    assert rel > 0.05
+    # And the model's exact-mode loss terms are the ones built from `want`.
+    terms = _terms(exact, x.numpy(), y, training=True)
+    assert np.isfinite(terms["as_inner"]).all() and terms["as_inner"].max() > 0
+
+
+# ----------------------------------------------------------------------- second order
+def _attention_loss(model, x, y, detach_gradients=False):
+    """Sum of the three attention terms, optionally with dY/dF detached (the known port's bug)."""
+    with tf.GradientTape(persistent=True) as tape:
+        f_in, f_la, logits = model._tap(x, training=True)
+        target = tf.cast(target_one_hot(y, model.num_classes, False), logits.dtype)
+        conf = tf.cast(confusing_one_hot(target, logits), logits.dtype)
+        st, sc = tf.reduce_sum(logits * target, -1), tf.reduce_sum(logits * conf, -1)
+    g = tape.gradient(st, [f_in, f_la]) + tape.gradient(sc, [f_in, f_la])
+    if detach_gradients:
+        g = [tf.stop_gradient(t) for t in g]
+    a = attention.channel_weighted_attention
+    a_in_t, a_la_t, a_in_c, a_la_c = a(f_in, g[0]), a(f_la, g[1]), a(f_in, g[2]), a(f_la, g[3])
+    m_la = losses.target_mask(a_la_t)
+    m_in = losses.target_mask(a_la_t, size=a_in_t.shape[1:3])
+    total = (
+        losses.attention_separation_loss(a_in_t, a_in_c, m_in)
+        + losses.attention_separation_loss(a_la_t, a_la_c, m_la)
+        + losses.attention_consistency_loss(a_in_t, m_in)
+    )
+    return tf.reduce_mean(total)
+
+
+def test_second_order_gradient_matches_finite_differences():
+    backbone = tiny_convnet(batch_norm=False, activation="softplus", dtype="float64", size=8, seed=3)
+    model = ICASC(backbone, "inner", "last", mask_gradient=True)
+    x, y = _data(n=4, size=8, seed=3)
+    x, y = tf.constant(x, tf.float64), tf.constant(y, tf.int32)
+    kernel = backbone.get_layer("conv2").kernel
+
+    def model_loss():
+        terms = model._loss_terms(x, y, training=True, with_attention=True)
+        return tf.reduce_mean(terms["as_inner"] + terms["as_last"] + terms["ac"])
+
+    with tf.GradientTape() as tape:
+        loss = model_loss()
+    analytic = tape.gradient(loss, kernel).numpy()
+    with tf.GradientTape() as tape:
+        detached = _attention_loss(model, x, y, detach_gradients=True)
+    first_order = tape.gradient(detached, kernel).numpy()
+    np.testing.assert_allclose(detached.numpy(), loss.numpy(), rtol=1e-10)
+
+    original = kernel.numpy()
+    flat_indices = np.argsort(-np.abs(analytic).ravel())[:6]  # the most sensitive weights
+    h = 1e-5  # tf.image.resize (the inner mask) computes in float32 even for float64 maps
+    for index in flat_indices:
+        idx = np.unravel_index(index, original.shape)
+        values = []
+        for step in (h, -h):
+            w = original.copy()
+            w[idx] += step
+            kernel.assign(w)
+            values.append(model_loss().numpy())
+        kernel.assign(original)
+        numeric = (values[0] - values[1]) / (2 * h)
+        np.testing.assert_allclose(analytic[idx], numeric, rtol=1e-3, atol=1e-8)
+    # The second-order path matters: detaching dY/dF changes the gradient.
+    rel = np.linalg.norm(analytic - first_order) / np.linalg.norm(analytic)
+    assert rel > 0.05
+
+
+def test_attention_losses_change_weight_gradients():
+    backbone = tiny_convnet(batch_norm=False)
+    model = ICASC(backbone, "inner", "last")
+    x, y = _data()
+    x, y = tf.constant(x), tf.constant(y, tf.int32)
+    with tf.GradientTape() as tape:
+        t = model._loss_terms(x, y, training=True, with_attention=True)
+        att = tf.reduce_mean(t["as_inner"] + t["as_last"] + t["ac"])
+    grads = tape.gradient(att, backbone.trainable_variables)
+    # dY/dF depends on conv2 and the logits layer: the attention terms reach them too.
+    by_name = {v.path: g for v, g in zip(backbone.trainable_variables, grads)}
+    assert np.abs(by_name["logits/kernel"].numpy()).max() > 0
+    assert np.abs(by_name["conv1/kernel"].numpy()).max() > 0
+
+
+# ----------------------------------------------------------------------- classes
+def test_multilabel_targets_and_confusing_class_never_positive():
+    labels = tf.constant([[1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]], tf.float32)
+    logits = tf.constant([[9.0, 1.0, 8.0, 2.0], [5.0, 3.0, 0.0, 7.0], [1.0, 2.0, 3.0, 4.0]])
+    target = target_one_hot(labels, 4, multi_label=True)
+    conf = confusing_one_hot(target, logits).numpy()
+    np.testing.assert_array_equal(conf, [[0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    assert not (conf * labels.numpy()).any()
+    single = confusing_class(tf.constant([0, 3]), tf.constant([[9.0, 1.0, 8.0, 2.0], [5.0, 3.0, 0.0, 7.0]]))
+    np.testing.assert_array_equal(single.numpy(), [2, 0])
+
+
+def test_multilabel_model_trains_and_target_map_uses_all_positives():
+    backbone = tiny_convnet(batch_norm=False, num_classes=4)
+    model = ICASC(backbone, "inner", "last", multi_label=True)
+    x = RNG.random((8, 16, 16, 3)).astype("float32")
+    y = (RNG.random((8, 4)) > 0.5).astype("float32")
+    y[0] = 1.0  # a sample whose every class is positive has no confusing class
+    terms = model._loss_terms(tf.constant(x), tf.constant(y), training=False, with_attention=True)
+    np.testing.assert_allclose(terms["as_inner"][0].numpy(), 0.0)
+    want_ce = ref.multilabel_soft_margin(y, model(x).numpy().astype("float64"))
+    np.testing.assert_allclose(terms["classification_loss"].numpy(), want_ce, rtol=1e-5)
+    # Target map = map of the summed positive scores.
+    maps = model.attention_maps(x[1:2], classes=[[c] for c in np.flatnonzero(y[1])][0])
+    assert maps["last"].shape[0] == 1
+    model.compile(keras.optimizers.SGD(0.05))
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+# ----------------------------------------------------------------------- fit and API
+@pytest.mark.parametrize("bn_mode", ["batch", "exact"])
+def test_fit_reports_terms_and_learns(bn_mode):
+    model = ICASC(tiny_convnet(), "inner", "last", bn_mode=bn_mode)
+    model.compile(keras.optimizers.SGD(0.1), metrics=["accuracy"])
+    x, y = _data(n=32)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x, y))
+    for name in ("loss", "classification_loss", "as_inner", "as_last", "ac", "accuracy", "val_as_inner", "val_loss"):
+        assert name in history.history and np.isfinite(history.history[name]).all(), name
+    h = history.history
+    total = h["classification_loss"][0] + h["as_inner"][0] + h["as_last"][0] + h["ac"][0]
+    np.testing.assert_allclose(h["loss"][0], total, rtol=1e-4)
+
+
+def test_zero_weights_is_the_plain_baseline_step():
+    backbone = tiny_convnet(batch_norm=False)
+    plain = keras.models.clone_model(backbone)
+    plain.set_weights(backbone.get_weights())
+    model = ICASC(backbone, "inner", "last", loss_weights=(0, 0, 0))
+    model.compile(keras.optimizers.SGD(0.1))
+    plain.compile(keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _data(n=16)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    plain.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert "as_inner" not in history.history
+    for a, b in zip(backbone.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_lr_multipliers_scale_gradients():
+    def run(multipliers):
+        backbone = tiny_convnet(batch_norm=False, seed=7)
+        before = backbone.get_layer("logits").kernel.numpy()
+        model = ICASC(backbone, "inner", "last", lr_multipliers=multipliers)
+        model.compile(keras.optimizers.SGD(0.1))
+        x, y = _data(n=8)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        return backbone.get_layer("logits").kernel.numpy() - before, backbone.get_layer("conv1").kernel.numpy()
+
+    step1, conv1_a = run(None)
+    step10, conv1_b = run({"logits": 10.0})
+    assert np.abs(step1).max() > 1e-3
+    np.testing.assert_allclose(step10, 10 * step1, rtol=1e-3, atol=2e-6)
+    np.testing.assert_allclose(conv1_a, conv1_b, rtol=1e-5, atol=1e-7)
+
+
+def test_two_replicas_update_equals_one_device_update():
+    x, y = _data(n=8)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    weights = tiny_convnet(batch_norm=False, seed=5).get_weights()
+
+    def step(strategy):
+        with strategy.scope():
+            backbone = tiny_convnet(batch_norm=False, seed=5)
+            backbone.set_weights(weights)
+            model = ICASC(backbone, "inner", "last")
+            model.compile(keras.optimizers.SGD(0.5), metrics=["accuracy"])
+        history = model.fit(dataset, epochs=1, verbose=0)
+        return [w.copy() for w in backbone.get_weights()], history.history
+
+    one, h1 = step(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    two, h2 = step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    assert not np.allclose(one[0], weights[0])  # a real update happened
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name in ("loss", "as_inner", "accuracy"):
+        np.testing.assert_allclose(h1[name], h2[name], rtol=1e-5)
+
+
+def test_jit_compiled_step_runs():
+    model = ICASC(tiny_convnet(), "inner", "last")
+    model.compile(keras.optimizers.SGD(0.1), jit_compile=True)
+    x, y = _data(n=16)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["as_last"][0])
+
+
+def test_save_load_round_trip(tmp_path):
+    model = ICASC(tiny_convnet(), "inner", "last", attention="apx", bn_mode="exact", loss_weights=(1, 0.5, 1))
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), metrics=["accuracy"])
+    x, y = _data(n=16)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, ICASC)
+    assert (loaded.attention, loaded.bn_mode, loaded.loss_weights) == ("apx", "exact", (1.0, 0.5, 1.0))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    a, b = model.attention_maps(x[:2], top_k=2), loaded.attention_maps(x[:2], top_k=2)
+    np.testing.assert_allclose(a["inner"], b["inner"], rtol=1e-6)
+    loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)  # compiled state came back
+
+
+def test_attention_maps_top_k_and_given_classes():
+    model = ICASC(tiny_convnet(), "inner", "last")
+    x, _ = _data(n=3)
+    out = model.attention_maps(x, top_k=3)
+    assert out["inner"].shape == (3, 3, 16, 16) and out["last"].shape == (3, 3, 8, 8)
+    assert (np.diff(out["probabilities"], axis=1) <= 0).all()
+    given = model.attention_maps(x, classes=out["classes"][:, 1])
+    np.testing.assert_allclose(given["last"][:, 0], out["last"][:, 1], rtol=1e-5)
+    pp = model.attention_maps(x, top_k=1, attention="gradcampp")
+    assert pp["inner"].min() >= 0
+
+
+# ----------------------------------------------------------------------- bad input
+def test_bad_input_errors_name_the_problem_and_fix():
+    backbone = tiny_convnet()
+    with pytest.raises(ValueError, match="not a layer.*Layers with 4-D feature maps:.*inner"):
+        ICASC(backbone, "conv9", "last")
+    with pytest.raises(ValueError, match="not a 4-D"):
+        ICASC(backbone, "inner", "pool")
+    with pytest.raises(ValueError, match="ach, gradcam, apx"):
+        ICASC(backbone, "inner", "last", attention="cam")
+    with pytest.raises(ValueError, match="batch, exact"):
+        ICASC(backbone, "inner", "last", bn_mode="fast")
+    with pytest.raises(ValueError, match="one output of class logits"):
+        ICASC(keras.Model(backbone.input, backbone.get_layer("last").output), "inner", "last")
+    model = ICASC(backbone, "inner", "last")
+    with pytest.raises(ValueError, match="without loss="):
+        model.compile("sgd", loss="mse")
+    model.compile("sgd")
+    x, y = _data(n=8)
+    with pytest.raises(ValueError, match="class ids must be < 5"):
+        model.fit(x, np.full(8, 7), verbose=0)
+    with pytest.raises(ValueError, match="not one-hot"):
+        model.fit(x, keras.utils.to_categorical(y, 5), verbose=0)
