@@ -1,0 +1,43 @@
+"""Train ICASC (or its baseline, or painless attention) from the command line.
+
+    python scripts/train.py                                   # bundled cluttered digits, minutes on a CPU
+    python scripts/train.py --flagfile=flags/cifar100_resnet110.flags --data_dir=/data/tfds
+    python scripts/train.py --baseline --model_dir=runs/baseline
+    python scripts/train.py --helpfull                        # every flag
+
+Every option is a field of icasc_tf.config.TrainConfig; the run's folder (--model_dir)
+holds its flags, checkpoints, TensorBoard logs, best and final models and metrics.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from icasc_tf import config as run_config  # noqa: E402
+
+run_config.define_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from icasc_tf.training import run_training
+
+    config = run_config.from_flags(FLAGS)
+    try:
+        summary = run_training(config)
+    except (ValueError, FileNotFoundError) as error:
+        logging.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    final = ", ".join(f"{k}={v:.4f}" for k, v in sorted(summary["final"].items()))
+    print(f"done: {config.model_dir}: {final}")
+
+
+if __name__ == "__main__":
+    app.run(main)

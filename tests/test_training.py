@@ -1,0 +1,189 @@
+"""scripts/train.py and icasc_tf.training: a finished tool, tested on tiny bundled data."""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+from tensorboard.backend.event_processing import event_accumulator
+
+from icasc_tf import config as run_config
+from icasc_tf.config import TrainConfig
+from icasc_tf.training import RunExistsError, run_training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_DATA = ["num_train=96", "num_test=32"]
+
+
+def tiny_config(tmp_path, **overrides):
+    values = dict(
+        dataset="cluttered_digits",
+        dataset_config=TINY_DATA,
+        arch="resnet20",
+        epochs=2,
+        batch_size=16,
+        steps_per_epoch=2,
+        eval_steps=1,
+        summary_every=1,
+        attention_images=2,
+        model_dir=str(tmp_path / "run"),
+        data_dir=str(tmp_path / "tfds"),
+        verbose=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Simulates a run killed after ``epoch`` epochs (its checkpoint is written first)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("killed")
+
+
+def test_run_writes_everything_and_resumes(tmp_path):
+    config = tiny_config(tmp_path, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, callbacks=[StopAfterEpoch(2)])
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "epoch-0002").is_dir() and not (run / "metrics.json").exists()
+    summary = run_training(config)
+    assert summary["epochs_run"] == 1  # resumed at epoch 2 of 3, lost nothing
+    for name in ("config.json", "flags.txt", "best.keras", "final.keras", "metrics.json"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("accuracy", "loss", "as_inner", "as_last", "ac", "classification_loss"):
+        assert np.isfinite(metrics["final"][key]), key
+    assert 0.0 <= metrics["final"]["accuracy"] <= 1.0
+    # The saved flags repeat the run.
+    assert f"--model_dir={run}" in (run / "flags.txt").read_text()
+    # TensorBoard: scalars and the attention images, per epoch.
+    images = _event_tags(run / "logs" / "attention")
+    assert images.get("attention/00") == [3] and images.get("attention/01") == [3]
+    train_scalars = _event_tags(run / "logs" / "train")
+    for tag in ("epoch_loss", "epoch_as_inner", "epoch_ac", "epoch_learning_rate", "epoch_accuracy"):
+        assert tag in train_scalars, (tag, sorted(train_scalars))
+    # A finished run is never overwritten silently...
+    with pytest.raises(RunExistsError, match="finished run"):
+        run_training(config)
+    # ...and --overwrite moves it aside instead of deleting it.
+    run_training(tiny_config(tmp_path, epochs=1, overwrite=True))
+    assert glob.glob(str(tmp_path / "run.old-*" / "metrics.json"))
+
+
+def test_other_flags_do_not_resume_a_run(tmp_path):
+    config = tiny_config(tmp_path, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, callbacks=[StopAfterEpoch(1)])
+    with pytest.raises(RunExistsError, match="attention"):
+        run_training(tiny_config(tmp_path, attention="gradcam"))
+    assert (tmp_path / "run" / "checkpoints" / "epoch-0001").is_dir()
+
+
+def test_mirrored_strategy_and_batch_divisibility(tmp_path):
+    summary = run_training(tiny_config(tmp_path, strategy="mirrored", epochs=1, attention_images=0))
+    assert summary["num_replicas"] == 2 and np.isfinite(summary["final"]["loss"])
+    with pytest.raises(ValueError, match="not divisible by the 2 replicas"):
+        run_training(tiny_config(tmp_path, strategy="mirrored", batch_size=15, model_dir=str(tmp_path / "b")))
+
+
+def _event_tags(folder):
+    """{tag: [steps]} of every scalar/image summary in an event folder."""
+    found = {}
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        acc = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags()["tensors"]:
+            found.setdefault(tag, []).extend(e.step for e in acc.Tensors(tag))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags"))))
+def test_flagfiles_parse_and_validate(path):
+    values = flags.FlagValues()
+    run_config.define_flags(values)
+    values(["train.py", f"--flagfile={path}"])
+    config = run_config.from_flags(values).validate()
+    assert config.epochs > 0 and config.model_dir.startswith("runs/")
+    header = open(path).readline()
+    assert header.startswith("# ")
+
+
+def _train_script(*args, env=None, timeout=240):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset=mnist"], "--dataset=mnist: unknown; choose one of"),
+        (["--batch_size=0"], "--batch_size must be positive"),
+        (["--arch=resnet7"], "--arch=resnet7: unknown"),
+        (["--dataset=caltech256", "--manual_dir=/nonexistent"], "256_ObjectCategories"),
+    ],
+)
+def test_bad_input_exits_with_one_clear_line(tmp_path, args, message):
+    result = _train_script(
+        *args, f"--model_dir={tmp_path}/run", f"--data_dir={tmp_path}/tfds",
+        "--dataset_config=" if "caltech256" in " ".join(args) else "--dataset_config=num_train=32,num_test=16",
+        "--verbose=0",
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+
+
+def test_unknown_flag_in_flagfile_fails(tmp_path):
+    flagfile = tmp_path / "bad.flags"
+    flagfile.write_text("--epochs=1\n--no_such_flag=3\n")
+    result = _train_script(f"--flagfile={flagfile}")
+    assert result.returncode != 0 and "no_such_flag" in result.stderr
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
+    ports = [_free_port(), _free_port()]
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    args = [
+        "--strategy=multi_worker", "--epochs=1", "--steps_per_epoch=2", "--eval_steps=1",
+        "--batch_size=8", "--attention_images=0", "--verbose=0", "--deterministic",
+        f"--model_dir={tmp_path}/run", f"--data_dir={tmp_path}/tfds",
+        "--dataset_config=num_train=64,num_test=16",
+    ]
+    # Generate the data once, so the two workers do not race to write it.
+    from icasc_tf.data import load_dataset
+
+    load_dataset("cluttered_digits", "train", 8, data_dir=str(tmp_path / "tfds"), num_train=64, num_test=16)
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    chief = keras.models.load_model(tmp_path / "run" / "final.keras")
+    other = keras.models.load_model(tmp_path / "run" / ".workers" / "worker-1" / "final.keras")
+    for a, b in zip(chief.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "run" / "metrics.json").exists()
