@@ -1,0 +1,270 @@
+"""The backbone registry: shapes and layer names, options, preprocessing, weight files, ICASC."""
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from icasc_tf import ICASC
+from icasc_tf.backbones import BACKBONES, ImagePreprocess, build_backbone, load_pretrained_weights
+
+# (name, options): every registered name, each family's variants, at 32x32 inputs.
+BUILDS = [
+    ("vgg19", {}),
+    ("resnet18", {}),
+    ("resnet18", {"stem": "imagenet"}),
+    ("resnet34", {}),
+    ("resnet50", {}),
+    ("resnet101", {}),
+    ("resnet20", {}),
+    ("resnet32", {}),
+    ("resnet44", {}),
+    ("resnet56", {}),
+    ("resnet110", {}),
+    ("wrn", {"depth": 10, "width": 1}),
+    ("wrn", {"depth": 16, "width": 2, "dropout": 0.3}),
+    ("wrn", {"style": "imagenet", "depth": 50, "width": 1}),
+]
+
+
+def _images(batch=2, size=32, seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, (batch, size, size, 3)).astype("float32")
+
+
+def test_registry_names():
+    assert BACKBONES == (
+        "vgg19", "resnet18", "resnet34", "resnet50", "resnet101",
+        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "wrn",
+    )
+    assert {name for name, _ in BUILDS} == set(BACKBONES)
+
+
+BUILD_IDS = [f"{name}-{'-'.join(map(str, options.values()))}" for name, options in BUILDS]
+
+
+@pytest.mark.parametrize("name,options", BUILDS, ids=BUILD_IDS)
+def test_backbone_shapes_and_layers(name, options):
+    backbone = build_backbone(name, 7, **options)
+    model = backbone.model
+    head = model.get_layer("logits")
+    assert isinstance(head, keras.layers.Dense) and head.activation is keras.activations.linear
+    assert backbone.stage_layers[-2:] == (backbone.inner_layer, backbone.last_layer)
+    assert backbone.icasc_layers() == {
+        "inner_layer": backbone.inner_layer,
+        "last_layer": backbone.last_layer,
+    }
+
+    names = list(backbone.stage_layers)
+    tap = keras.Model(model.input, [model.get_layer(n).output for n in names] + [model.output])
+    *stages, logits = tap(_images(), training=False)
+    assert tuple(logits.shape) == (2, 7) and np.isfinite(logits).all()
+    sides = [tuple(s.shape[1:3]) for s in stages]
+    assert all(a[0] == 2 * b[0] and a[1] == 2 * b[1] for a, b in zip(sides, sides[1:])), sides
+    for stage_name, stage in zip(names, stages):
+        assert float(np.min(stage)) >= 0.0, f"{stage_name} is not a post-activation map"
+    # Global average pooling of the last map, then the head, gives the logits.
+    pooled = np.mean(np.asarray(stages[-1]), axis=(1, 2))
+    kernel, bias = head.get_weights()
+    np.testing.assert_allclose(pooled @ kernel + bias, logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name,options,trainable_params",
+    [
+        # torchvision resnet18 / resnet34 / wide_resnet50_2, 1000 classes.
+        ("resnet18", {"stem": "imagenet"}, 11_689_512),
+        ("resnet34", {"stem": "imagenet"}, 21_797_672),
+        ("wrn", {"style": "imagenet"}, 68_883_240),
+        # Zagoruyko & Komodakis Table: WRN-16-8 11.0M (CIFAR-10, 10 classes).
+        ("wrn", {"depth": 16, "width": 8}, 10_961_370),
+    ],
+)
+def test_parameter_counts_match_references(name, options, trainable_params):
+    classes = 10 if options.get("depth") == 16 else 1000
+    model = build_backbone(name, classes, **options).model
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable_params
+
+
+def test_wrn_defaults_follow_input_size():
+    small = build_backbone("wrn", 10, depth=10, width=3)  # 32x32: CIFAR style, 16k/32k/64k
+    assert small.model.get_layer("post_relu").output.shape[-1] == 192
+    assert small.inner_layer == "conv4_block1_preact_relu"
+    large = build_backbone("resnet18", 10, input_shape=(64, 64, 3))  # 64 px: ImageNet stem
+    assert large.model.get_layer("pool1_pool").output.shape[1:3] == (16, 16)
+    assert large.model.get_layer("preprocess").mode == "torch"
+    assert "preprocess" not in [layer.name for layer in build_backbone("resnet18", 10).model.layers]
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(ValueError, match="Unknown backbone 'resnet19'.*vgg19, resnet18.*wrn"):
+        build_backbone("resnet19", 10)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,message",
+    [
+        ("resnet20", {"stem": "cifar"}, "Unknown option.*stem.*accepts preprocess, weight_decay"),
+        ("resnet18", {"stem": "tiny"}, "Unknown stem='tiny'.*cifar, imagenet"),
+        ("wrn", {"style": "cifar", "depth": 12}, "6n\\+4"),
+        ("wrn", {"width": 0}, "positive integer"),
+        ("wrn", {"style": "imagenet", "depth": 20}, "Unknown depth=20.*18, 34, 50, 101, 152"),
+        ("vgg19", {"preprocess": "tf"}, "Unknown preprocess='tf'.*caffe, torch, none"),
+        ("resnet20", {"weight_decay": -1.0}, "weight_decay must be >= 0"),
+        ("resnet20", {"input_shape": (32, 32)}, "must be \\(height, width, channels\\)"),
+        ("resnet20", {"input_shape": (1, 32, 32, 3)}, "input_shape must be"),
+        ("vgg19", {"input_shape": (16, 16, 3)}, "too small for vgg19.*at least 32"),
+        ("resnet18", {"input_shape": (16, 16, 3), "stem": "imagenet"}, "too small for resnet18"),
+        ("resnet50", {"input_shape": (32, 32, 1)}, "3 channels.*preprocess='none'"),
+        ("resnet20", {"num_classes": 0}, "num_classes must be a positive integer"),
+        ("resnet20", {"num_classes": 2.5}, "num_classes must be a positive integer"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(name, kwargs, message):
+    kwargs = {"num_classes": 10, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        build_backbone(name, **kwargs)
+
+
+def test_grayscale_input_without_preprocessing():
+    backbone = build_backbone(
+        "resnet50", np.int64(4), input_shape=np.array([32, 32, 1]), preprocess="none"
+    )
+    assert backbone.model.output.shape[-1] == 4
+    assert backbone.model.get_layer("conv1_conv").kernel.shape[2] == 1
+
+
+def test_preprocess_layers_map_unit_rgb_to_the_weights_convention():
+    pixel = np.array([[[[0.2, 0.5, 1.0]]]], "float32")
+    caffe = build_backbone("vgg19", 3).model.get_layer("preprocess")
+    bgr_minus_mean = [255 - 103.939, 127.5 - 116.779, 51 - 123.68]
+    np.testing.assert_allclose(caffe(pixel)[0, 0, 0], bgr_minus_mean, rtol=1e-5)
+    torch = build_backbone("resnet18", 3, stem="imagenet").model.get_layer("preprocess")
+    expected = (np.array([0.2, 0.5, 1.0]) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(torch(pixel)[0, 0, 0], expected, rtol=1e-5)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(caffe))
+    assert isinstance(restored, ImagePreprocess) and restored.mode == "caffe"
+
+
+def test_weight_decay_is_pytorch_style_l2_on_kernels(tmp_path):
+    model = build_backbone("resnet20", 10, weight_decay=1e-3).model
+    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
+    assert len(model.losses) == len(kernels) == 22  # 19 + 2 shortcut convs + the head
+    expected = sum(0.5e-3 * float(np.sum(np.square(k))) for k in kernels)
+    np.testing.assert_allclose(float(sum(model.losses)), expected, rtol=1e-5)
+    assert not build_backbone("resnet20", 10).model.losses
+    # The regulariser is part of the saved model, so a reloaded model still decays.
+    model.save(tmp_path / "decayed.keras")
+    reloaded = keras.saving.load_model(tmp_path / "decayed.keras")
+    np.testing.assert_allclose(float(sum(reloaded.losses)), expected, rtol=1e-5)
+    assert reloaded.get_layer("conv1_conv").get_config()["kernel_regularizer"] is not None
+
+
+def _assert_same_weights(model_a, model_b, skip=()):
+    for layer in model_a.layers:
+        if layer.weights and layer.name not in skip:
+            for a, b in zip(layer.get_weights(), model_b.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+
+
+def _trained_like(backbone, seed=1):
+    """Give every weight (BN statistics included) a distinct random value."""
+    rng = np.random.default_rng(seed)
+    for w in backbone.model.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32") * 0.1 + 1.0)
+    return backbone
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras", ".h5"])
+def test_weights_round_trip_skips_a_different_head(tmp_path, suffix):
+    source = _trained_like(build_backbone("resnet20", 10)).model
+    path = tmp_path / f"source{suffix}"
+    source.save_weights(path) if suffix == ".weights.h5" else source.save(path)
+
+    target = build_backbone("resnet20", 3, weights=path).model  # the documented path
+    _assert_same_weights(source, target, skip=("logits",))
+    np.testing.assert_array_equal(target.get_layer("logits").get_weights()[1], 0.0)  # fresh head
+
+    fresh = build_backbone("resnet20", 3).model
+    report = load_pretrained_weights(fresh, path)
+    with_weights = [layer.name for layer in fresh.layers if layer.weights]
+    assert report["skipped"] == ["logits"]
+    assert report["loaded"] == [n for n in with_weights if n != "logits"]
+    assert report["missing"] == [] and report["unused"] == []
+    with pytest.raises(ValueError, match="head 'logits'.*skip_head=True"):
+        load_pretrained_weights(build_backbone("resnet20", 3).model, path, skip_head=False)
+
+    same_head = build_backbone("resnet20", 10).model
+    assert "logits" in load_pretrained_weights(same_head, path, skip_head=False)["loaded"]
+    _assert_same_weights(source, same_head)
+
+
+def _write_keras_applications_notop(model, path):
+    """A file laid out like keras.applications' ``*_notop.h5`` (Keras 2, names, no head)."""
+    layers = [layer for layer in model.layers if layer.name != "logits"]
+    with h5py.File(path, "w") as h5:
+        h5.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        for layer in layers:
+            group = h5.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0".encode() for w in layer.weights]
+            group.attrs["weight_names"] = names
+            for name, value in zip(names, layer.get_weights()):
+                group.create_dataset(name.decode(), data=value)
+
+
+def test_legacy_name_addressed_file_loads_by_name(tmp_path):
+    source = _trained_like(build_backbone("resnet18", 10)).model
+    _write_keras_applications_notop(source, tmp_path / "notop.h5")
+    target = build_backbone("resnet18", 5).model
+    report = load_pretrained_weights(target, tmp_path / "notop.h5")
+    assert report["missing"] == ["logits"] and report["skipped"] == []
+    assert len(report["loaded"]) == len([layer for layer in target.layers if layer.weights]) - 1
+    _assert_same_weights(source, target, skip=("logits",))
+
+
+def test_weight_file_errors(tmp_path):
+    model = build_backbone("resnet20", 10).model
+    with pytest.raises(FileNotFoundError, match="No weights file.*never downloads"):
+        load_pretrained_weights(model, tmp_path / "absent.weights.h5")
+    (tmp_path / "notes.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="neither a .keras model nor an HDF5"):
+        load_pretrained_weights(model, tmp_path / "notes.h5")
+    build_backbone("resnet32", 10).model.save_weights(tmp_path / "resnet32.weights.h5")
+    with pytest.raises(ValueError, match="different architecture"):
+        load_pretrained_weights(model, tmp_path / "resnet32.weights.h5")
+    wrn = build_backbone("wrn", 10, depth=10, width=1).model
+    _write_keras_applications_notop(wrn, tmp_path / "wrn.h5")
+    with pytest.raises(ValueError, match="matches only .* of 'resnet20'"):
+        load_pretrained_weights(model, tmp_path / "wrn.h5")
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("resnet20", {}),
+        ("resnet18", {"stem": "cifar"}),
+        ("wrn", {"depth": 10, "width": 1}),
+        ("vgg19", {}),
+    ],
+)
+def test_icasc_trains_one_step(name, options):
+    backbone = build_backbone(name, 4, weight_decay=1e-4, **options)
+    ICASC(backbone.model, **backbone.icasc_layers(), bn_mode="exact")  # inner is a clean cut point
+    model = ICASC(backbone.model, **backbone.icasc_layers())
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    before = [w.numpy() for w in backbone.model.trainable_weights]
+    history = model.fit(_images(4), np.array([0, 1, 2, 3]), batch_size=4, epochs=1, verbose=0)
+    for term in ("loss", "classification_loss", "as_inner", "as_last", "ac"):
+        assert np.isfinite(history.history[term][0]), term
+    assert 0.0 <= history.history["as_inner"][0] <= 1.0
+    after = backbone.model.trainable_weights
+    assert all(not np.allclose(a, b.numpy()) for a, b in zip(before, after))
+
+
+def test_icasc_saved_weights_load_into_a_bare_backbone(tmp_path):
+    source = build_backbone("wrn", 4, depth=10, width=1)
+    _trained_like(source)
+    ICASC(source.model, **source.icasc_layers()).save_weights(tmp_path / "icasc.weights.h5")
+    target = build_backbone("wrn", 4, depth=10, width=1).model
+    report = load_pretrained_weights(target, tmp_path / "icasc.weights.h5")
+    assert report["skipped"] == [] and "logits" in report["loaded"]
+    _assert_same_weights(source.model, target)
