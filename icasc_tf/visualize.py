@@ -180,13 +180,14 @@ def render_panel(image, tiles, title=None, framed=(), box=None, tile_size=112, a
       image: ``[H, W, 3]`` (any range; see ``displayable_image``).
       tiles: ``(caption, map_or_None, kind)`` entries; ``kind`` ``"overlay"`` blends the
         map onto the image, ``"mask"`` draws a [0, 1] map in grey; a ``None`` map shows
-        the image alone. Captions go above the tiles, wrapped to
-        at most 3 lines (``\\n`` starts a new line).
+        the image alone. Captions go above the tiles, wrapped to at most 3 lines
+        (``\\n`` starts a new line).
       title: caption of the image tile (e.g. the model's name and the true class).
       framed: indices into ``tiles`` to frame in green (the ground-truth classes).
       box: optional normalised ``[ymin, xmin, ymax, xmax]`` box(es), outlined on every tile.
       tile_size: pixels per tile side; the panel is
         ``(40 + tile_size + 10, (len(tiles) + 1) * (tile_size + 10))`` pixels.
+      alpha, cmap: as in ``overlay``.
     Returns ``np.uint8 [height, width, 3]``.
     """
     tiles = _check_tiles(tiles)

@@ -131,8 +131,47 @@ def _run_script(*flags):
     )
 
 
-def test_script_bad_input_exits_with_one_clear_line(tmp_path):
+def _error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("visualize.py: error:")]
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+    """Two saved tiny runs (ICASC and baseline) on a 12-image cluttered-digits test split."""
+    root = tmp_path_factory.mktemp("runs")
+    config = {
+        "dataset": "cluttered_digits", "dataset_config": ["num_train=20", "num_test=12"],
+        "data_dir": str(root / "tfds"), "manual_dir": "", "eval_split": "test", "image_size": 0, "seed": 0,
+    }
+    for name, seed, weights in (("icasc", 0, (1.0, 1.0, 1.0)), ("baseline", 1, (0.0, 0.0, 0.0))):
+        os.makedirs(root / name)
+        model = _tiny_icasc(seed, weights)
+        model.compile("sgd")
+        model.save(root / name / "best.keras")
+        (root / name / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def test_script_draws_baseline_over_icasc_from_the_runs_dataset(run_dirs):
+    result = _run_script(
+        f"--model_dir={run_dirs / 'icasc'}", f"--compare_model_dir={run_dirs / 'baseline'}", "--images=0,3",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = run_dirs / "icasc" / "top5_test_ach_last.png"
+    assert f"wrote {path}" in result.stdout
+    figure = np.asarray(Image.open(path).convert("RGB"))
+    assert figure.shape == (4 * (CAPTION + CELL) + 10, 6 * CELL, 3)  # 2 images x 2 models
+    assert figure.std() > 10
+
+
+def test_script_bad_input_exits_with_one_clear_line(run_dirs, tmp_path):
     result = _run_script(f"--model_dir={tmp_path / 'missing'}")
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("visualize.py: error:")]
-    assert errors == [f"visualize.py: error: --model_dir={tmp_path / 'missing'}: no such folder."]
+    assert _error_lines(result) == [f"visualize.py: error: --model_dir={tmp_path / 'missing'}: no such folder."]
+    result = _run_script(f"--model_dir={run_dirs / 'icasc'}", "--images=12", f"--output={tmp_path / 'x.png'}")
+    assert result.returncode == 2
+    assert _error_lines(result) == [
+        "visualize.py: error: --images index 12 is out of range: split 'test' of cluttered_digits "
+        "has 12 examples (indices 0 to 11)."
+    ]
+    assert not (tmp_path / "x.png").exists()
