@@ -1,0 +1,354 @@
+"""`load_dataset`: one call from a dataset name to a batched, augmented `tf.data` pipeline.
+
+Each dataset follows the recipe of the papers' experiments (METHOD.md section 1.7); the
+recipes themselves are the `RECIPES` of `registry`:
+- none (cluttered digits): the composites are already random, nothing is added;
+- cifar: per-pixel train-mean subtraction, then (training) zero-pad 4, random crop, flip;
+- squash (Caltech-256, CUB, VOC): resize the whole image (aspect not kept) to 8/7 of the input
+  size (or `resize`), then a random crop and flip for training, the centre crop (or ten crops)
+  for evaluation;
+- inception (ImageNet): training takes a random-resized crop and flip; evaluation resizes the
+  shorter side to 8/7 of the input (256 for 224, or `resize`) and takes the centre crop, or ten
+  crops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from icasc_tf.data import transforms
+from icasc_tf.data.registry import (
+    DATASETS,
+    RECIPES,
+    SPECS,
+    DatasetSpec,
+    default_data_dir,
+    get_spec,
+    prepare_builder,
+)
+
+CROPS = ("single", "ten")
+_PHOTO_RECIPES = ("squash", "inception")  # those that resize, then crop (and can ten-crop)
+AUTOTUNE = tf.data.AUTOTUNE
+_MAX_SHUFFLE_BUFFER = 10_000  # of encoded images for large datasets (about 1 GB for ImageNet)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and its evaluation need to know about the pipeline `load_dataset` returned."""
+
+    name: str
+    split: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    multi_label: bool
+    has_boxes: bool  # the dataset has boxes (whether they are yielded is `with_boxes`)
+    image_shape: tuple[int, int, int]  # of one image (one crop) as yielded
+    num_examples: int  # in this split
+    steps_per_epoch: int  # batches per pass over the split
+    num_crops: int  # 10 with crops="ten": images are then [B, 10, H, W, 3]
+    training: bool
+    eval_split: str  # the split the papers report on
+    tfds_name: str  # e.g. "voc/2012" or "cluttered_digits/default"
+    pixel_mean: np.ndarray | None = None  # [H, W, 3] subtracted from the images (CIFAR-100)
+
+
+def _image_size(image_size, default: int) -> tuple[int, int]:
+    size = default if image_size is None else image_size
+    if isinstance(size, int):
+        size = (size, size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be an int or (height, width) >= 1, got {image_size!r}.")
+    return int(size[0]), int(size[1])
+
+
+def _check_arguments(name, spec, split, batch_size, training, with_boxes, crops, resize):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if resize is not None and (spec.recipe not in _PHOTO_RECIPES or resize < 1):
+        photo_datasets = [n for n, s in SPECS.items() if s.recipe in _PHOTO_RECIPES]
+        raise ValueError(
+            f"resize={resize!r}: a side >= 1 for the datasets that crop after resizing "
+            f"{photo_datasets}; {name!r} is used at its own size (set image_size instead)."
+        )
+    if crops not in CROPS:
+        raise ValueError(f"crops must be one of {CROPS}, got {crops!r}.")
+    if crops == "ten":
+        if training:
+            raise ValueError(
+                'crops="ten" is for evaluation; pass training=False or crops="single".'
+            )
+        if spec.recipe not in _PHOTO_RECIPES:
+            ten_crop_datasets = [n for n, s in SPECS.items() if s.recipe in _PHOTO_RECIPES]
+            raise ValueError(f'crops="ten" works for {ten_crop_datasets}, not {name!r}.')
+        if with_boxes:
+            raise ValueError(
+                'with_boxes=True needs crops="single": a box has no meaning over ten crops.'
+            )
+    if with_boxes and spec.box_key is None:
+        raise ValueError(
+            f"Dataset {name!r} has no boxes; with_boxes=True works for "
+            f"{[n for n, s in SPECS.items() if s.box_key]}."
+        )
+    if split.split("[")[0] in spec.unlabelled_splits:
+        raise ValueError(f"Split {split!r} of {name!r} has no labels; use {spec.eval_split!r}.")
+
+
+def _cache_path(data_dir: str | None, builder, what: str) -> str:
+    """Files derived from a prepared dataset live beside TFDS's, keyed by name, config, version."""
+    key = builder.info.full_name.replace("/", "-")
+    return os.path.join(default_data_dir(data_dir), "icasc_tf", f"{key}-{what}")
+
+
+def read_split(
+    builder,
+    spec: DatasetSpec,
+    split: str,
+    *,
+    decode_images=True,
+    with_boxes=False,
+    shuffle_files=False,
+    read_config=None,
+) -> tf.data.Dataset:
+    """The TFDS examples of a split, parsing only the image, label and (optionally) box features.
+
+    With `decode_images=False` the images stay encoded, so that a shuffle buffer holds bytes.
+    """
+    wanted = {"image": True, spec.label_key: True, **({spec.box_key: True} if with_boxes else {})}
+    skip_image = None if decode_images else {"image": tfds.decode.SkipDecoding()}
+    return builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle_files,
+        decoders=tfds.decode.PartialDecoding(wanted, decoders=skip_image),
+        read_config=read_config,
+    )
+
+
+def train_pixel_mean(builder, spec: DatasetSpec, data_dir: str | None) -> np.ndarray:
+    """Per-pixel RGB mean in [0, 1] of the train split, computed once and cached as .npy."""
+    path = _cache_path(data_dir, builder, "train_pixel_mean.npy")
+    if os.path.exists(path):
+        return np.load(path)
+    images = read_split(builder, spec, "train").map(lambda ex: ex["image"]).batch(1024)
+    total, count = 0.0, 0
+    for batch in images.as_numpy_iterator():
+        total = total + batch.astype(np.float64).sum(axis=0)
+        count += len(batch)
+    mean = (total / count / 255.0).astype(np.float32)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, mean)
+    return mean
+
+
+def _class_names(spec: DatasetSpec, builder, data_dir: str | None) -> tuple[str, ...]:
+    """The ClassLabel names, or (CUB) the names read once from a text feature and cached."""
+    label_feature = builder.info.features[spec.label_key]
+    if spec.multi_label:
+        label_feature = label_feature.feature
+    names = list(label_feature.names)
+    text_key = spec.label_name_key
+    if text_key is None:
+        return tuple(names)
+    path = _cache_path(data_dir, builder, "class_names.json")
+    if not os.path.exists(path):
+        only_names = tfds.decode.PartialDecoding({spec.label_key: True, text_key: True})
+        pairs = builder.as_dataset(split="train", decoders=only_names).map(
+            lambda ex: (ex[spec.label_key], ex[text_key])
+        )
+        for label, text in pairs.batch(4096).as_numpy_iterator():
+            for index, value in zip(label, text):
+                names[index] = value.decode("utf-8")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(names, file)
+    with open(path, encoding="utf-8") as file:
+        return tuple(json.load(file))
+
+
+def _selector(spec: DatasetSpec, num_classes: int, with_boxes: bool):
+    """Maps a TFDS example to {"image", "label"[, "box"]}: int32 labels or multi-hot float32."""
+
+    def select(example):
+        if spec.multi_label:
+            hot = tf.one_hot(example[spec.label_key], num_classes, dtype=tf.float32)
+            label = tf.minimum(tf.reduce_sum(hot, axis=0), 1.0)  # a class seen twice counts once
+        else:
+            label = tf.cast(example[spec.label_key], tf.int32)
+        selected = {"image": example["image"], "label": label}
+        if with_boxes:
+            selected["box"] = tf.cast(example[spec.box_key], tf.float32)
+        return selected
+
+    return select
+
+
+def transform_example(image, box, seed, *, recipe, size, training, crops, resize=None, mean=None):
+    """Applies a recipe to one uint8 image (and its box); `seed` is a stateless seed or None.
+
+    `resize` is the side the photo recipes resize to before cropping `size` (squash: both sides;
+    inception evaluation: the shorter side); None means 8/7 of `size` (256 for 224).
+    """
+    height, width = size
+    if resize is None:
+        resize_h, resize_w = transforms.resize_side(height), transforms.resize_side(width)
+    else:
+        resize_h, resize_w = max(resize, height), max(resize, width)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    crop_seed, flip_seed = (
+        (None, None)
+        if seed is None
+        else tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    )
+    if recipe == "none":
+        if tuple(image.shape[:2]) != (height, width):
+            image = transforms.resize(image, height, width)
+    elif recipe == "cifar":
+        image = image - mean
+        if tuple(image.shape[:2]) != (height, width):
+            image = transforms.resize(image, height, width)
+        if training:
+            image, box = transforms.pad(image, box, max(1, height // 8))
+            image, box = transforms.random_crop(image, box, height, width, crop_seed)
+            image, box = transforms.random_flip(image, box, flip_seed)
+    elif recipe == "squash":
+        image = transforms.resize(image, resize_h, resize_w)
+        if training:
+            image, box = transforms.random_crop(image, box, height, width, crop_seed)
+            image, box = transforms.random_flip(image, box, flip_seed)
+        elif crops == "ten":
+            image = transforms.ten_crop(image, height, width)
+        else:
+            image, box = transforms.center_crop(image, box, height, width)
+    elif recipe == "inception":
+        if training:
+            image, box = transforms.random_resized_crop(image, box, height, width, crop_seed)
+            image, box = transforms.random_flip(image, box, flip_seed)
+        else:
+            image = transforms.resize_shorter_side(image, max(resize_h, resize_w))
+            if crops == "ten":
+                image = transforms.ten_crop(image, height, width)
+            else:
+                image, box = transforms.center_crop(image, box, height, width)
+    else:
+        raise ValueError(f"Unknown recipe {recipe!r}; choose one of {RECIPES}.")
+    return image, box
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    batch_size: int,
+    *,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    training: bool | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    resize: int | None = None,
+    seed: int = 0,
+    deterministic: bool = False,
+    with_boxes: bool = False,
+    drop_remainder: bool | None = None,
+    crops: str = "single",
+    **config,
+) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """Batches of `(images, labels)` or `(images, labels, boxes)` from one split of `name`.
+
+    `split` is a TFDS split string ("train", "test", "train[:90%]"); `training` (default: the
+    split starts with "train") turns on shuffling and augmentation; `image_size` is the output
+    side (or (height, width)), `resize` the side photos are resized to before cropping it;
+    `config` holds the builder
+    options of the datasets built here (cluttered_digits, caltech256). `deterministic=True` fixes
+    the order and the augmentation for a `seed`; evaluation always keeps the split's order.
+    Images are float32 RGB in [0, 1] (CIFAR-100: minus the train pixel mean), [B, H, W, 3] or
+    [B, 10, H, W, 3] with crops="ten"; labels int32 [B], or multi-hot float32 [B, C] for
+    multi-label data; boxes float32 [B, 4] `[ymin, xmin, ymax, xmax]` in the output image.
+    """
+    spec = get_spec(name)
+    training = split.startswith("train") if training is None else training
+    _check_arguments(name, spec, split, batch_size, training, with_boxes, crops, resize)
+    size = _image_size(image_size, spec.image_size)
+    drop_remainder = training if drop_remainder is None else drop_remainder
+
+    builder = prepare_builder(name, data_dir, manual_dir, config)
+    label_feature = builder.info.features[spec.label_key]
+    num_classes = (label_feature.feature if spec.multi_label else label_feature).num_classes
+    mean = train_pixel_mean(builder, spec, data_dir) if spec.recipe == "cifar" else None
+
+    options = tf.data.Options()
+    options.deterministic = deterministic or not training  # evaluation keeps the split's order
+    # Large images stay encoded until after the shuffle; small datasets are cached decoded.
+    dataset = read_split(
+        builder,
+        spec,
+        split,
+        decode_images=spec.in_memory,
+        with_boxes=with_boxes,
+        shuffle_files=training,
+        read_config=tfds.ReadConfig(shuffle_seed=seed, options=options),
+    )
+    num_examples = int(dataset.cardinality())
+    if num_examples < 0:
+        num_examples = builder.info.splits[split].num_examples
+
+    dataset = dataset.map(_selector(spec, num_classes, with_boxes), num_parallel_calls=AUTOTUNE)
+    if spec.in_memory:
+        dataset = dataset.cache()
+    if training:
+        buffer = num_examples if spec.in_memory else min(num_examples, _MAX_SHUFFLE_BUFFER)
+        dataset = dataset.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        # One stateless seed per example, new each epoch, fixed by `seed` for a whole run.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
+
+    recipe = dict(
+        recipe=spec.recipe, size=size, training=training, crops=crops, resize=resize, mean=mean
+    )
+    image_feature = None if spec.in_memory else builder.info.features["image"]
+
+    def transform(example, example_seed=None):
+        image = example["image"]
+        if image_feature is not None:
+            image = image_feature.decode_example(image)
+        image, box = transform_example(image, example.get("box"), example_seed, **recipe)
+        return (image, example["label"], box) if with_boxes else (image, example["label"])
+
+    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    dataset = dataset.with_options(options)
+
+    num_crops = 10 if crops == "ten" else 1
+    steps = num_examples // batch_size if drop_remainder else math.ceil(num_examples / batch_size)
+    info = DatasetInfo(
+        name=name,
+        split=split,
+        num_classes=num_classes,
+        class_names=_class_names(spec, builder, data_dir),
+        multi_label=spec.multi_label,
+        has_boxes=spec.box_key is not None,
+        image_shape=(size[0], size[1], 3),
+        num_examples=num_examples,
+        steps_per_epoch=steps,
+        num_crops=num_crops,
+        training=training,
+        eval_split=spec.eval_split,
+        tfds_name=builder.info.full_name.rsplit("/", 1)[0],
+        pixel_mean=mean,
+    )
+    return dataset, info
+
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "load_dataset",
+    "read_split",
+    "train_pixel_mean",
+    "transform_example",
+]
