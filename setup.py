@@ -19,6 +19,7 @@ setup(
     install_requires=[
         "keras==3.15.1",
         "tensorflow-datasets==4.9.10",
+        "importlib_resources==7.1.0",  # TFDS 4.9.10 imports it while preparing any dataset
         "tensorboard>=2.21,<2.22",
         "absl-py>=2.1",
         "numpy>=1.26",

@@ -8,6 +8,11 @@ from icasc_tf.attention import (
 )
 from icasc_tf.model import ICASC
 
+# Registers the custom layers of backbones and painless attention, so that
+# keras.models.load_model works after `import icasc_tf`.
+from icasc_tf import backbones as _backbones  # noqa: E402,F401
+from icasc_tf import painless as _painless  # noqa: E402,F401
+
 __all__ = [
     "ICASC",
     "channel_weighted_attention",

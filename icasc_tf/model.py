@@ -57,6 +57,12 @@ def _check_backbone(backbone):
         )
 
 
+def _multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.cluster_resolver is not None and bool(strategy.cluster_resolver.task_type)
+    )
+
+
 @contextlib.contextmanager
 def _label_errors_as_value_errors():
     """Label range checks run in the graph; surface them as the ValueError users expect."""
@@ -187,6 +193,23 @@ class ICASC(keras.Model):
         # Our trackers replace Keras's own "loss" tracker; compiled metrics follow.
         mine = list(self._trackers.values())
         return mine + [m for m in super().metrics if m.name != "loss" and m not in mine]
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Build metrics/optimizer from one replica's batch.
+
+        Keras (3.15) averages a distributed batch over replicas with ``strategy.reduce`` to
+        build symbolically, which fails under MultiWorkerMirroredStrategy (it cannot convert
+        the PerReplica batch); one replica's local batch has the same shapes.
+        """
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0], next(it)
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, *args, **kwargs):
         with _label_errors_as_value_errors():
@@ -374,6 +397,10 @@ class ICASC(keras.Model):
         results = self.compute_metrics(x, y, terms["logits"], sample_weight=sample_weight)
         if not any(name in terms for name in ATTENTION_TERMS):
             results = {k: v for k, v in results.items() if k not in ATTENTION_TERMS}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras (3.15) reduces logs across workers with reduce("MEAN", axis=0), which
+            # needs a batch axis; the values are global already, so [1] loses nothing.
+            results = {k: tf.reshape(v, [1]) for k, v in results.items()}
         return results
 
     # ------------------------------------------------------------------ inspection

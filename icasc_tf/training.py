@@ -116,7 +116,10 @@ def load_data(config, num_replicas):
     )
     train, info = load_dataset(config.dataset, config.train_split, config.batch_size, training=True, **common)
     evaluation, eval_info = load_dataset(config.dataset, config.eval_split, config.batch_size, training=False, **common)
-    return train, evaluation, info, eval_info
+    # Shard by element, not by file: small TFDS splits are a single file.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return train.with_options(options), evaluation.with_options(options), info, eval_info
 
 
 def build_model(config, info):
@@ -227,9 +230,9 @@ def run_training(config: TrainConfig, callbacks=()):
             learning_rate(config, steps), momentum=config.momentum, nesterov=config.nesterov
         )
         model.compile(optimizer, metrics=compiled_metrics(info), jit_compile=config.jit_compile)
-    # Every worker resumes from the chief's checkpoints; only the chief writes them.
-    checkpoint = ResumableCheckpoint(os.path.join(config.model_dir, "checkpoints"), write=chief)
-    initial_epoch = checkpoint.restore(model)
+        # Every worker resumes from the chief's checkpoints; only the chief writes them.
+        checkpoint = ResumableCheckpoint(os.path.join(config.model_dir, "checkpoints"), write=chief)
+        initial_epoch = checkpoint.restore(model)
     monitor = "val_map" if info.multi_label else "val_accuracy"
     best_path = os.path.join(config.model_dir, "best.keras")
     best = _previous_best(best_path, monitor) if chief else None

@@ -16,6 +16,8 @@ BUILDS = [
     ("resnet34", {}),
     ("resnet50", {}),
     ("resnet101", {}),
+    ("resnet8", {}),
+    ("resnet14", {}),
     ("resnet20", {}),
     ("resnet32", {}),
     ("resnet44", {}),
@@ -34,7 +36,7 @@ def _images(batch=2, size=32, seed=0):
 def test_registry_names():
     assert BACKBONES == (
         "vgg19", "resnet18", "resnet34", "resnet50", "resnet101",
-        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "wrn",
+        "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "wrn",
     )
     assert {name for name, _ in BUILDS} == set(BACKBONES)
 

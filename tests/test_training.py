@@ -25,7 +25,7 @@ def tiny_config(tmp_path, **overrides):
     values = dict(
         dataset="cluttered_digits",
         dataset_config=TINY_DATA,
-        arch="resnet20",
+        arch="resnet8",
         epochs=2,
         batch_size=16,
         steps_per_epoch=2,
@@ -70,7 +70,7 @@ def test_run_writes_everything_and_resumes(tmp_path):
     assert f"--model_dir={run}" in (run / "flags.txt").read_text()
     # TensorBoard: scalars and the attention images, per epoch.
     images = _event_tags(run / "logs" / "attention")
-    assert images.get("attention/00") == [3] and images.get("attention/01") == [3]
+    assert sorted(images["attention/00"]) == [1, 2, 3] and sorted(images["attention/01"]) == [1, 2, 3]
     train_scalars = _event_tags(run / "logs" / "train")
     for tag in ("epoch_loss", "epoch_as_inner", "epoch_ac", "epoch_learning_rate", "epoch_accuracy"):
         assert tag in train_scalars, (tag, sorted(train_scalars))
@@ -164,7 +164,7 @@ def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
     workers = [f"127.0.0.1:{p}" for p in ports]
     args = [
         "--strategy=multi_worker", "--epochs=1", "--steps_per_epoch=2", "--eval_steps=1",
-        "--batch_size=8", "--attention_images=0", "--verbose=0", "--deterministic",
+        "--batch_size=8", "--attention_images=0", "--verbose=0", "--deterministic", "--arch=resnet8",
         f"--model_dir={tmp_path}/run", f"--data_dir={tmp_path}/tfds",
         "--dataset_config=num_train=64,num_test=16",
     ]
@@ -184,6 +184,9 @@ def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
         assert p.returncode == 0, err[-3000:]
     chief = keras.models.load_model(tmp_path / "run" / "final.keras")
     other = keras.models.load_model(tmp_path / "run" / ".workers" / "worker-1" / "final.keras")
-    for a, b in zip(chief.get_weights(), other.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    # Trainable weights are all-reduced; BatchNormalization's moving statistics are each
+    # worker's own (no synchronised BN), as in tf.distribute.
+    assert len(chief.trainable_weights) > 10
+    for a, b in zip(chief.trainable_weights, other.trainable_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert (tmp_path / "run" / "metrics.json").exists()

@@ -55,7 +55,7 @@ _REGISTRY = {
     "resnet101": (keras_apps.keras_resnet, ("preprocess",)),
     **{
         f"resnet{depth}": (functools.partial(resnets.cifar_resnet, depth=depth), ("preprocess",))
-        for depth in (20, 32, 44, 56, 110)
+        for depth in (8, 14, 20, 32, 44, 56, 110)  # 8 and 14: CPU-sized tests and study
     },
     "wrn": (resnets.wide_resnet, ("depth", "width", "style", "dropout", "preprocess")),
 }
