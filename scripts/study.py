@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 ARMS = {
@@ -224,6 +225,8 @@ def comparison_figure(path):
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:  # TFDS is chatty at INFO/WARNING
+        absl_logging.set_verbosity(absl_logging.ERROR)
     del argv
     if FLAGS.smoke:
         FLAGS.arms, FLAGS.seeds, FLAGS.epochs, FLAGS.steps_per_epoch = ["ach"], 1, 2, 2

@@ -24,6 +24,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:  # TFDS is chatty at INFO/WARNING
+        logging.set_verbosity(logging.ERROR)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from icasc_tf.training import run_training
@@ -32,8 +34,7 @@ def main(argv):
     try:
         summary = run_training(config)
     except (ValueError, FileNotFoundError) as error:
-        logging.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
+        print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(2)
     final = ", ".join(f"{k}={v:.4f}" for k, v in sorted(summary["final"].items()))
     print(f"done: {config.model_dir}: {final}")
