@@ -1,5 +1,9 @@
 """icasc_tf: attention separability and consistency (ICASC) and painless attention for Keras 3."""
 
+# Registers the custom layers of backbones and painless attention, so that
+# keras.models.load_model works after `import icasc_tf`.
+from icasc_tf import backbones as _backbones  # noqa: F401
+from icasc_tf import painless as _painless  # noqa: F401
 from icasc_tf.attention import (
     channel_weighted_attention,
     grad_cam,
@@ -7,11 +11,6 @@ from icasc_tf.attention import (
     pixel_wise_attention,
 )
 from icasc_tf.model import ICASC
-
-# Registers the custom layers of backbones and painless attention, so that
-# keras.models.load_model works after `import icasc_tf`.
-from icasc_tf import backbones as _backbones  # noqa: E402,F401
-from icasc_tf import painless as _painless  # noqa: E402,F401
 
 __all__ = [
     "ICASC",

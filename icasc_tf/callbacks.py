@@ -151,7 +151,7 @@ class AttentionImages(keras.callbacks.Callback):
             t, c = truth[i], confusing[i]
             tiles = [
                 (f"GT {self._name(t)} {probs[i, t]:.2f} inner", maps["inner"][i, 0], "overlay"),
-                (f"GT last", maps["last"][i, 0], "overlay"),
+                ("GT last", maps["last"][i, 0], "overlay"),
                 (f"conf {self._name(c)} {probs[i, c]:.2f} inner", maps["inner"][i, 1], "overlay"),
                 ("conf last", maps["last"][i, 1], "overlay"),
                 ("mask", mask[i], "mask"),

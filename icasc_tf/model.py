@@ -21,12 +21,16 @@ ATTENTION_TERMS = ("as_inner", "as_last", "ac")
 _LABEL_ERROR = "icasc_tf labels:"
 
 
-def _feature_layer(backbone, name, role):
-    """The layer called ``name``, checked to output one 4-D feature map."""
+def _rank(output):
+    return len(output.shape) if hasattr(output, "shape") else -1  # several outputs: no map
+
+
+def feature_layer(backbone, name, role):
+    """The layer called ``name``, checked to output one 4-D feature map; errors list the choices."""
     maps = [
         layer.name
         for layer in backbone.layers
-        if len(getattr(layer.output, "shape", ())) == 4
+        if not isinstance(layer, keras.layers.InputLayer) and _rank(layer.output) == 4
     ]
     try:
         layer = backbone.get_layer(name)
@@ -35,9 +39,9 @@ def _feature_layer(backbone, name, role):
             f"{role}={name!r} is not a layer of backbone {backbone.name!r}. "
             f"Layers with 4-D feature maps: {', '.join(maps)}."
         ) from None
-    if len(layer.output.shape) != 4:
+    if _rank(layer.output) != 4:
         raise ValueError(
-            f"{role}={name!r} outputs shape {tuple(layer.output.shape)}, not a 4-D "
+            f"{role}={name!r} outputs {getattr(layer.output, 'shape', 'several tensors')}, not a 4-D "
             f"[batch, height, width, channels] feature map. Pick one of: {', '.join(maps)}."
         )
     return layer
@@ -114,8 +118,8 @@ class ICASC(keras.Model):
     ):
         super().__init__(**kwargs)
         _check_backbone(backbone)
-        inner = _feature_layer(backbone, inner_layer, "inner_layer")
-        last = _feature_layer(backbone, last_layer, "last_layer")
+        inner = feature_layer(backbone, inner_layer, "inner_layer")
+        last = feature_layer(backbone, last_layer, "last_layer")
         self._attention = get_attention(attention, trainable=True)
         if bn_mode not in BN_MODES:
             raise ValueError(f"Unknown bn_mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}.")

@@ -209,20 +209,9 @@ def _feature_map_names(model):
 
 def _feature_map(model, name):
     """The 4-D output of layer ``name``, with errors that list the valid choices."""
-    maps = _feature_map_names(model)
-    try:
-        layer = model.get_layer(name)
-    except ValueError:
-        raise ValueError(
-            f"layer_names: {name!r} is not a layer of model {model.name!r}. "
-            f"Layers with 4-D feature maps: {', '.join(maps)}."
-        ) from None
-    if len(layer.output.shape) != 4:
-        raise ValueError(
-            f"layer_names: {name!r} outputs shape {tuple(layer.output.shape)}, not a 4-D "
-            f"[batch, height, width, channels] feature map. Pick from: {', '.join(maps)}."
-        )
-    return layer.output
+    from icasc_tf.model import feature_layer
+
+    return feature_layer(model, name, "layer_names").output
 
 
 def _network_output(model):

@@ -20,13 +20,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-from icasc_tf import ICASC  # noqa: E402
-from icasc_tf.backbones import build_backbone  # noqa: E402
+from icasc_tf import ICASC
+from icasc_tf.backbones import build_backbone
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("arch", "resnet18", "Backbone name from icasc_tf.backbones.")

@@ -16,7 +16,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Training run folder holding best.keras / final.keras and config.json.")
@@ -116,8 +116,8 @@ def load_split(settings, crops="single"):
 def load_model(path):
     import keras
 
-    import icasc_tf  # noqa: F401  registers ICASC
-    import icasc_tf.backbones  # noqa: F401  registers the backbones' custom layers
+    import icasc_tf
+    import icasc_tf.backbones
     import icasc_tf.painless  # noqa: F401  registers the painless-attention layers
 
     return keras.models.load_model(path, compile=False)

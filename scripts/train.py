@@ -15,9 +15,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
-from icasc_tf import config as run_config  # noqa: E402
+from icasc_tf import config as run_config
 
 run_config.define_flags()
 FLAGS = flags.FLAGS

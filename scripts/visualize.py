@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", "", "Training run folder (holds best.keras, final.keras, config.json).")
@@ -85,8 +85,8 @@ def _run_config(model_dir):
 def _load_model(path):
     import keras
 
-    import icasc_tf  # noqa: F401  (registers ICASC)
-    import icasc_tf.backbones  # noqa: F401  (registers the backbones' custom layers)
+    import icasc_tf
+    import icasc_tf.backbones
     import icasc_tf.painless  # noqa: F401  (registers painless attention's layers)
 
     try:

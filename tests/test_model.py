@@ -1,9 +1,9 @@
 """The ICASC model: per-sample correctness, second-order gradients, fit, distribution, saving."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from icasc_tf import ICASC, attention, losses
 from icasc_tf.selection import confusing_class, confusing_one_hot, target_one_hot

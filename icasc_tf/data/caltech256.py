@@ -70,9 +70,7 @@ def make_config(**options) -> Caltech256Config:
     for preset in PRESET_CONFIGS:
         if all(getattr(preset, key) == getattr(wanted, key) for key in _OPTION_NAMES):
             return preset
-    name = "train{}_test{}_seed{}".format(
-        wanted.train_per_class, wanted.test_per_class, wanted.data_seed
-    )
+    name = f"train{wanted.train_per_class}_test{wanted.test_per_class}_seed{wanted.data_seed}"
     return dataclasses.replace(wanted, name=name, description=f"custom: {options}")
 
 
