@@ -45,6 +45,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.keep = keep
         self.write = write  # False on non-chief workers: they take part but do not write
 
+    def epochs_done(self):
+        """Epochs finished by the latest checkpoint (0 if none), read without a model."""
+        latest = self.latest()
+        if latest is None:
+            return 0
+        with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
+            return int(json.load(f)["epochs_done"])
+
     def latest(self):
         done = sorted(glob.glob(os.path.join(self.directory, "epoch-[0-9][0-9][0-9][0-9]")))
         return done[-1] if done else None
@@ -57,8 +65,18 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(latest, "state.weights.h5"))
-        with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
-            return int(json.load(f)["epochs_done"])
+        if model.optimizer is not None:
+            # Keras 3 weight files hold no optimizer state: momentum and the step (and so
+            # the learning-rate schedule's position) come from here.
+            with np.load(os.path.join(latest, "optimizer.npz")) as store:
+                state = dict(store)
+            if len(state) != len(model.optimizer.variables):
+                raise ValueError(
+                    f"{latest} holds {len(state)} optimizer variables, the optimizer has "
+                    f"{len(model.optimizer.variables)}: it was written with other optimizer settings."
+                )
+            model.optimizer.load_own_variables(state)
+        return self.epochs_done()
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.write:
@@ -69,6 +87,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         self.model.save_weights(os.path.join(tmp, "state.weights.h5"))
+        store = {}
+        self.model.optimizer.save_own_variables(store)
+        np.savez(os.path.join(tmp, "optimizer.npz"), **store)
         with open(os.path.join(tmp, "epoch.json"), "w", encoding="utf-8") as f:
             json.dump({"epochs_done": epoch + 1, "logs": _floats(logs)}, f)
         shutil.rmtree(final, ignore_errors=True)
@@ -144,7 +165,9 @@ class AttentionImages(keras.callbacks.Callback):
             truth = self.labels.astype(int).reshape(-1)
         confusing = confusing_class(self.labels, logits, self.multi_label).numpy()
         maps = model.attention_maps(self.images, classes=np.stack([truth, confusing], axis=1))
-        mask = target_mask(tf.constant(maps["last"][:, 0]), size=self.images.shape[1:3]).numpy()
+        mask = target_mask(
+            tf.constant(maps["last"][:, 0]), size=self.images.shape[1:3], sigma=model.sigma, omega=model.omega
+        ).numpy()
         painless = self._painless_outputs()
         panels = []
         for i in range(len(self.images)):

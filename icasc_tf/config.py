@@ -102,10 +102,11 @@ class TrainConfig:
 
     def validate(self):
         """Reject values no run can use, naming the flag."""
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "learning_rate", "lr_decay", "summary_every", "painless_width"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive; got {getattr(self, name)}.")
-        for name in ("steps_per_epoch", "eval_steps", "image_size", "painless_depth"):
+        for name in ("steps_per_epoch", "eval_steps", "image_size", "painless_depth", "attention_images",
+                     "lr_step_every", "weight_decay", "momentum", "painless_gamma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0; got {getattr(self, name)}.")
         for f in dataclasses.fields(self):
@@ -151,8 +152,13 @@ def _number(text):
     return text
 
 
-# These fields may differ between a run and its resumption.
-NOT_PART_OF_RUN = ("overwrite", "verbose", "epochs")
+# These fields may differ between a run and its resumption (where things are, how it is
+# logged, which hardware); everything else defines the run, epochs included (the learning
+# rate schedule depends on it).
+NOT_PART_OF_RUN = (
+    "overwrite", "verbose", "model_dir", "data_dir", "manual_dir", "strategy",
+    "summary_every", "attention_images",
+)
 
 
 def define_flags(flag_values=flags.FLAGS):

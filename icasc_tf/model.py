@@ -338,8 +338,9 @@ class ICASC(keras.Model):
         return tf.reduce_sum(per_sample) / global_size
 
     def _scales(self, variables):
-        """Per-variable gradient factors from ``lr_multipliers``, resolved once per trace."""
-        if self._gradient_scales is None:
+        """Per-variable gradient factors from ``lr_multipliers`` (recomputed if the variables change)."""
+        key = tuple(id(v) for v in variables)
+        if self._gradient_scales is None or self._gradient_scales[0] != key:
             factor_of = {}
             for layer in self.backbone.layers:
                 factor = next(
@@ -347,8 +348,8 @@ class ICASC(keras.Model):
                 )
                 for variable in layer.trainable_variables:
                     factor_of[id(variable)] = float(factor)
-            self._gradient_scales = [factor_of.get(id(v), 1.0) for v in variables]
-        return self._gradient_scales
+            self._gradient_scales = (key, [factor_of.get(id(v), 1.0) for v in variables])
+        return self._gradient_scales[1]
 
     def _check_labels(self, y):
         """Shape checks at trace time, range checks in the graph (reported as ValueError)."""

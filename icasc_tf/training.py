@@ -65,40 +65,58 @@ def is_chief(strategy):
 
 
 # ----------------------------------------------------------------------------- model_dir
-def prepare_model_dir(config):
-    """Create, resume, or refuse: a finished run or a different run is never overwritten."""
+def changed_options(config):
+    """Options that differ from the run recorded in model_dir (None if there is none)."""
+    config_path = os.path.join(config.model_dir, "config.json")
+    if not os.path.exists(config_path):
+        return None
+    with open(config_path, encoding="utf-8") as f:
+        previous = json.load(f)
+    current = dataclasses.asdict(config)
+    return sorted(k for k in current if k not in NOT_PART_OF_RUN and previous.get(k) != current[k])
+
+
+def check_model_dir(config):
+    """Read-only: ``"new"``, ``"resume"`` or ``"move_aside"`` (with --overwrite); refuse otherwise.
+
+    A finished run (metrics.json) or a run with other options is never overwritten. Every
+    worker calls this before anything is written, so all of them reach the same answer.
+    """
     path = config.model_dir
-    config_path = os.path.join(path, "config.json")
+    changed = changed_options(config)
+    if changed is None:
+        return "new"
     finished = os.path.exists(os.path.join(path, "metrics.json"))
-    if os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            previous = json.load(f)
-        current = dataclasses.asdict(config)
-        changed = sorted(
-            k for k in current if k not in NOT_PART_OF_RUN and previous.get(k) != current[k]
+    if not (finished or changed):
+        return "resume"
+    if config.overwrite:
+        return "move_aside"
+    if finished:
+        raise RunExistsError(
+            f"{path} holds a finished run (metrics.json). Choose another --model_dir, or "
+            "pass --overwrite to move it aside and train again."
         )
-        if finished or changed:
-            if config.overwrite:
-                aside = f"{path.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-                os.replace(path, aside)
-                _log.warning("Moved the previous run in %s to %s.", path, aside)
-            elif finished:
-                raise RunExistsError(
-                    f"{path} holds a finished run (metrics.json). Choose another --model_dir, or "
-                    "pass --overwrite to move it aside and train again."
-                )
-            else:
-                raise RunExistsError(
-                    f"{path} holds a run with other options ({', '.join(changed)}). Use another "
-                    "--model_dir, the same flags to resume it, or --overwrite to move it aside."
-                )
+    raise RunExistsError(
+        f"{path} holds a run with other options ({', '.join(changed)}). Use another "
+        "--model_dir, the same flags to resume it, or --overwrite to move it aside."
+    )
+
+
+def write_run_files(config, action):
+    """Chief only, once the model is built: move an old run aside, record the options."""
+    path = config.model_dir
+    if action == "move_aside":
+        aside = f"{path.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(path, aside)
+        _log.warning("Moved the previous run in %s to %s.", path, aside)
     os.makedirs(path, exist_ok=True)
-    atomic_write_text(config_path, config.to_json())
+    atomic_write_text(os.path.join(path, "config.json"), config.to_json())
     atomic_write_text(os.path.join(path, "flags.txt"), config.to_flagfile())
 
 
 # ----------------------------------------------------------------------------- pieces
-def load_data(config, num_replicas):
+def load_data(config, num_replicas, epochs_done=0):
+    """Train and eval pipelines; a resumed run draws new shuffles instead of replaying epoch 0's."""
     from icasc_tf.data import load_dataset
 
     if config.batch_size % num_replicas:
@@ -110,7 +128,7 @@ def load_data(config, num_replicas):
         data_dir=config.data_dir or None,
         manual_dir=config.manual_dir or None,
         image_size=config.image_size or None,
-        seed=config.seed,
+        seed=config.seed + 7919 * epochs_done,
         deterministic=config.deterministic,
         **config.options("dataset_config"),
     )
@@ -209,18 +227,16 @@ def run_training(config: TrainConfig, callbacks=()):
     """
     config.validate()
     strategy = make_strategy(config.strategy)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     chief = is_chief(strategy)
-    train, evaluation, info, eval_info = load_data(config, strategy.num_replicas_in_sync)
-    if chief:
-        prepare_model_dir(config)
-    # Non-chief workers write their (unused) files to a scratch folder, as TF advises.
-    task = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0)
-    own_dir = config.model_dir if chief else os.path.join(config.model_dir, ".workers", f"worker-{task}")
+    action = check_model_dir(config)
+    # Every worker resumes from the chief's checkpoints; only the chief writes them.
+    checkpoint = ResumableCheckpoint(os.path.join(config.model_dir, "checkpoints"), write=chief)
+    epochs_done = checkpoint.epochs_done() if action == "resume" else 0
+    train, evaluation, info, eval_info = load_data(config, strategy.num_replicas_in_sync, epochs_done)
     steps = config.steps_per_epoch or max(info.num_examples // config.batch_size, 1)
     if config.steps_per_epoch:
         train = train.repeat()
@@ -230,9 +246,13 @@ def run_training(config: TrainConfig, callbacks=()):
             learning_rate(config, steps), momentum=config.momentum, nesterov=config.nesterov
         )
         model.compile(optimizer, metrics=compiled_metrics(info), jit_compile=config.jit_compile)
-        # Every worker resumes from the chief's checkpoints; only the chief writes them.
-        checkpoint = ResumableCheckpoint(os.path.join(config.model_dir, "checkpoints"), write=chief)
-        initial_epoch = checkpoint.restore(model)
+        # Nothing is written before the model builds, so a bad option leaves no trace.
+        if chief:
+            write_run_files(config, action)
+        initial_epoch = checkpoint.restore(model) if action == "resume" else 0
+    # Non-chief workers write their (unused) files to a scratch folder, as TF advises.
+    task = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0)
+    own_dir = config.model_dir if chief else os.path.join(config.model_dir, ".workers", f"worker-{task}")
     monitor = "val_map" if info.multi_label else "val_accuracy"
     best_path = os.path.join(config.model_dir, "best.keras")
     best = _previous_best(best_path, monitor) if chief else None
@@ -262,6 +282,11 @@ def run_training(config: TrainConfig, callbacks=()):
         verbose=config.verbose,
     )
     train_seconds = time.time() - started
+    if model.stop_training and not np.isfinite(history.history.get("loss", [np.nan])[-1]):
+        raise ValueError(
+            f"Training diverged (NaN loss) in epoch {initial_epoch + len(history.epoch)}; the run is "
+            "not marked finished. Lower --learning_rate, or check the data."
+        )
     results = model.evaluate(evaluation, steps=config.eval_steps or None, verbose=0, return_dict=True)
     summary = {
         "final": {k: float(v) for k, v in results.items()},

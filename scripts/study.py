@@ -41,7 +41,7 @@ ARMS = {
 }
 flags.DEFINE_list("arms", list(ARMS), f"Arms to run: {', '.join(ARMS)}.")
 flags.DEFINE_integer("seeds", 3, "Seeds per arm (0, 1, ...).")
-flags.DEFINE_string("output_dir", "runs/study", "Where every run and the tables go.")
+flags.DEFINE_string("output_dir", "", "Where every run and the tables go (default runs/study, runs/study_smoke).")
 flags.DEFINE_string("arch", "resnet20", "Backbone (a CIFAR-style ResNet keeps it CPU-sized).")
 flags.DEFINE_list("arch_options", [], "Backbone options, key=value.")
 flags.DEFINE_list("dataset_config", [], "cluttered_digits options, key=value.")
@@ -85,9 +85,15 @@ def run_arm(arm, seed):
 
     from icasc_tf.data import load_dataset
     from icasc_tf.evaluation import evaluate_model
-    from icasc_tf.training import run_training
+    from icasc_tf.training import RunExistsError, changed_options, run_training
 
     config = arm_config(arm, seed)
+    changed = changed_options(config)
+    if changed:
+        raise RunExistsError(
+            f"{config.model_dir} was trained with other options ({', '.join(changed)}); "
+            "use another --output_dir for another recipe."
+        )
     eval_path = os.path.join(config.model_dir, "eval_test.json")
     if os.path.exists(eval_path):
         with open(eval_path, encoding="utf-8") as f:
@@ -232,12 +238,17 @@ def main(argv):
         FLAGS.arms, FLAGS.seeds, FLAGS.epochs, FLAGS.steps_per_epoch = ["ach"], 1, 2, 2
         FLAGS.dataset_config = FLAGS.dataset_config or ["num_train=64", "num_test=32"]
         FLAGS.batch_size, FLAGS.eval_batches, FLAGS.timing_steps = 16, 1, 1
+    FLAGS.output_dir = FLAGS.output_dir or ("runs/study_smoke" if FLAGS.smoke else "runs/study")
     unknown = [a for a in FLAGS.arms if a not in ARMS]
     if unknown:
         print(f"error: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}", file=sys.stderr)
         sys.exit(2)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    results = {arm: [run_arm(arm, seed) for seed in range(FLAGS.seeds)] for arm in FLAGS.arms}
+    try:
+        results = {arm: [run_arm(arm, seed) for seed in range(FLAGS.seeds)] for arm in FLAGS.arms}
+    except ValueError as error:
+        print(f"study.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
     times = step_times(FLAGS.arms)
     table = summarise(results, times)
     with open(os.path.join(FLAGS.output_dir, "study.json"), "w", encoding="utf-8") as f:

@@ -49,15 +49,29 @@ class StopAfterEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.epoch:
+            self.weights = [w.copy() for w in self.model.get_weights()]
             raise KeyboardInterrupt("killed")
 
 
 def test_run_writes_everything_and_resumes(tmp_path):
     config = tiny_config(tmp_path, epochs=3)
+    killer = StopAfterEpoch(2)
     with pytest.raises(KeyboardInterrupt):
-        run_training(config, callbacks=[StopAfterEpoch(2)])
+        run_training(config, callbacks=[killer])
     run = tmp_path / "run"
     assert (run / "checkpoints" / "epoch-0002").is_dir() and not (run / "metrics.json").exists()
+    # The checkpoint holds the weights the run had when it was killed (and the optimizer state).
+    from icasc_tf.callbacks import ResumableCheckpoint
+    from icasc_tf.data import load_dataset
+    from icasc_tf.training import build_model, learning_rate
+
+    _, info = load_dataset("cluttered_digits", "train", 16, data_dir=config.data_dir, num_train=96, num_test=32)
+    fresh = build_model(config, info)
+    fresh.compile(keras.optimizers.SGD(learning_rate(config, 2), momentum=0.9))
+    assert ResumableCheckpoint(str(run / "checkpoints")).restore(fresh) == 2
+    for restored, saved in zip(fresh.get_weights(), killer.weights):
+        np.testing.assert_array_equal(restored, saved)
+    assert int(fresh.optimizer.iterations.numpy()) == 4  # 2 epochs x 2 steps
     summary = run_training(config)
     assert summary["epochs_run"] == 1  # resumed at epoch 2 of 3, lost nothing
     for name in ("config.json", "flags.txt", "best.keras", "final.keras", "metrics.json"):
@@ -89,6 +103,10 @@ def test_other_flags_do_not_resume_a_run(tmp_path):
     with pytest.raises(RunExistsError, match="attention"):
         run_training(tiny_config(tmp_path, attention="gradcam"))
     assert (tmp_path / "run" / "checkpoints" / "epoch-0001").is_dir()
+    # A bad option fails before anything is written into a new model_dir.
+    with pytest.raises(ValueError, match="Unknown option"):
+        run_training(tiny_config(tmp_path, arch_options=["widht=2"], model_dir=str(tmp_path / "new")))
+    assert not (tmp_path / "new").exists()
 
 
 def test_mirrored_strategy_and_batch_divisibility(tmp_path):
