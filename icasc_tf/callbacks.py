@@ -133,6 +133,34 @@ class LearningRateLogger(keras.callbacks.Callback):
         self._add(logs)
 
 
+class AttentionWarmup(keras.callbacks.Callback):
+    """Ramp the attention terms' weight linearly from 0 to 1 over the first ``epochs`` epochs.
+
+    The attention maps of an untrained network point anywhere; weighting their losses
+    fully from step 1 lets them lock in arbitrary regions before the classifier has
+    learnt anything (see BUILD_NOTES.md, the study).
+    """
+
+    def __init__(self, epochs, steps_per_epoch):
+        super().__init__()
+        self.total = max(float(epochs) * steps_per_epoch, 1.0)
+        self.steps_per_epoch = steps_per_epoch
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self._epoch * self.steps_per_epoch + batch + 1
+        self.model.attention_scale.assign(min(1.0, step / self.total))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None:
+            logs["attention_scale"] = float(self.model.attention_scale.numpy())
+
+    on_epoch_end = on_train_batch_end
+
+
 class AttentionImages(keras.callbacks.Callback):
     """Each epoch, a panel per fixed validation image in TensorBoard.
 

@@ -44,6 +44,7 @@ class TrainConfig:
     omega: float = _opt(100.0, "Mask sharpness.")
     theta: float = _opt(0.8, "Attention-consistency target.")
     mask_gradient: bool = _opt(False, "Let gradients flow through the target mask.")
+    attention_warmup: float = _opt(0.0, "Epochs over which the attention losses ramp from 0 to full weight.")
     painless_depth: int = _opt(0, "Painless attention: number of attention modules (0 = none).")
     painless_width: int = _opt(1, "Painless attention: heads per module.")
     painless_reduction: str = _opt("avg", "Painless attention output-head reduction.", ("avg", "projection"))
@@ -106,7 +107,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive; got {getattr(self, name)}.")
         for name in ("steps_per_epoch", "eval_steps", "image_size", "painless_depth", "attention_images",
-                     "lr_step_every", "weight_decay", "momentum", "painless_gamma"):
+                     "lr_step_every", "weight_decay", "momentum", "painless_gamma", "attention_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0; got {getattr(self, name)}.")
         for f in dataclasses.fields(self):

@@ -152,6 +152,8 @@ class ICASC(keras.Model):
             for name in ("loss", "classification_loss") + ATTENTION_TERMS
         }
         self._gradient_scales = None
+        # Multiplies all attention terms; a warm-up callback ramps it from 0 to 1.
+        self.attention_scale = keras.Variable(1.0, trainable=False, name="attention_scale")
         self.built = True  # the backbone is built, so is this wrapper
 
     @staticmethod
@@ -312,11 +314,11 @@ class ICASC(keras.Model):
 
     def _weighted_total(self, terms):
         """Per-sample total (ICCV Eq. 6); zero-weight terms stay out of the gradient graph."""
-        total = terms["classification_loss"]
-        for name, weight in zip(ATTENTION_TERMS, self.loss_weights):
-            if weight > 0 and name in terms:
-                total = total + weight * terms[name]
-        return total
+        attention = [w * terms[n] for n, w in zip(ATTENTION_TERMS, self.loss_weights) if w > 0 and n in terms]
+        if not attention:
+            return terms["classification_loss"]
+        scale = tf.cast(self.attention_scale, terms["classification_loss"].dtype)
+        return terms["classification_loss"] + scale * tf.add_n(attention)
 
     def _regularization_loss(self):
         """Weight decay and ``add_loss`` terms (e.g. painless attention's L_R), per replica."""

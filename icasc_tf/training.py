@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from icasc_tf.callbacks import (
     AttentionImages,
+    AttentionWarmup,
     BestModel,
     LearningRateLogger,
     ResumableCheckpoint,
@@ -73,7 +74,10 @@ def changed_options(config):
     with open(config_path, encoding="utf-8") as f:
         previous = json.load(f)
     current = dataclasses.asdict(config)
-    return sorted(k for k in current if k not in NOT_PART_OF_RUN and previous.get(k) != current[k])
+    defaults = dataclasses.asdict(TrainConfig())  # options added since the run took their defaults
+    return sorted(
+        k for k in current if k not in NOT_PART_OF_RUN and previous.get(k, defaults[k]) != current[k]
+    )
 
 
 def check_model_dir(config):
@@ -265,6 +269,8 @@ def run_training(config: TrainConfig, callbacks=()):
         BestModel(best_path, monitor, write=chief, best=best),
         keras.callbacks.TensorBoard(log_dir, update_freq=config.summary_every),
     ]
+    if config.attention_warmup:
+        callbacks.append(AttentionWarmup(config.attention_warmup, steps))
     if config.attention_images and chief:
         images, labels = _fixed_batch(evaluation, config.attention_images)
         callbacks.append(

@@ -352,3 +352,20 @@ def test_bad_input_errors_name_the_problem_and_fix():
         model.fit(x, np.full(8, 7), verbose=0)
     with pytest.raises(ValueError, match="not one-hot"):
         model.fit(x, keras.utils.to_categorical(y, 5), verbose=0)
+
+
+def test_attention_warmup_ramps_the_attention_terms():
+    from icasc_tf.callbacks import AttentionWarmup
+
+    backbone = tiny_convnet(batch_norm=False)
+    model = ICASC(backbone, "inner", "last")
+    model.compile(keras.optimizers.SGD(0.0))  # no update: the logged terms stay comparable
+    x, y = _data(n=4)
+    x, y = np.tile(x, (4, 1, 1, 1)), np.tile(y, 4)  # four identical batches
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False,
+                        callbacks=[AttentionWarmup(epochs=2, steps_per_epoch=4)])
+    np.testing.assert_allclose(history.history["attention_scale"], [0.5, 1.0])
+    h = history.history
+    attention = h["as_inner"][0] + h["as_last"][0] + h["ac"][0]
+    # Epoch 1 averages the scales 1/8..4/8 (mean 5/16) over its steps; terms are unchanged (lr 0).
+    np.testing.assert_allclose(h["loss"][0], h["classification_loss"][0] + 5 / 16 * attention, rtol=1e-4)
