@@ -469,6 +469,13 @@ class ICASC(keras.Model):
             "lr_multipliers": self.lr_multipliers,
         }
 
+    def load_own_variables(self, store):
+        """Files from before ``attention_scale`` existed hold no variable of ICASC's own."""
+        if len(store.keys()) == 0:
+            self.attention_scale.assign(1.0)
+            return
+        super().load_own_variables(store)
+
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
