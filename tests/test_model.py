@@ -369,3 +369,23 @@ def test_attention_warmup_ramps_the_attention_terms():
     attention = h["as_inner"][0] + h["as_last"][0] + h["ac"][0]
     # Epoch 1 averages the scales 1/8..4/8 (mean 5/16) over its steps; terms are unchanged (lr 0).
     np.testing.assert_allclose(h["loss"][0], h["classification_loss"][0] + 5 / 16 * attention, rtol=1e-4)
+
+
+def test_mixed_precision_step_is_finite_and_keeps_float32_logits():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        from icasc_tf.backbones import build_backbone
+
+        spec = build_backbone("resnet8", 5, (16, 16, 3))
+        model = ICASC(spec.model, **spec.icasc_layers())
+        model.compile(keras.optimizers.SGD(0.05))
+        x, y = _data(n=16)
+        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert spec.model.get_layer(spec.last_layer).compute_dtype == "float16"
+    assert spec.model.output.dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    for name in ("loss", "as_inner", "as_last", "ac"):
+        assert np.isfinite(history.history[name][0]), name
+    assert history.history["as_inner"][0] > 0
