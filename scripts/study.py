@@ -13,7 +13,8 @@ Arms: baseline (no attention losses); ach, gradcam, apx (ICASC with each map);
 as_in, as_in_ac (the ablation of ICCV Table 3; `ach` is all three terms); bn_exact
 (`ach` with bn_mode=exact; `ach` itself is bn_mode=batch); wrna, wrna_icasc
 (painless attention, alone and with the ICASC losses); ach_warmup, ach_w01 (the
-attention terms ramped in over 2 epochs, or weighted 0.1); ft_baseline, ft_ach
+attention terms ramped in over 2 epochs, or weighted 0.1); mask_grad (gradients through
+the target mask); ft_baseline, ft_ach
 (fine-tuning each seed's trained baseline, without and with ICASC; run `baseline` first).
 """
 
@@ -43,6 +44,7 @@ ARMS = {
     # Why ICASC trails from scratch here: the attention terms ramped in, or weighted down...
     "ach_warmup": dict(attention_warmup=2.0),
     "ach_w01": dict(loss_weights=["0.1", "0.1", "0.1"]),
+    "mask_grad": dict(mask_gradient=True),  # METHOD §1.4's other mask option
     # ...or, as in most of the paper's tables, fine-tuning a trained network: both arms
     # start from the same seed's trained baseline and train FINETUNE_EPOCHS more at lr/10.
     "ft_baseline": dict(baseline=True, finetune=True),
