@@ -136,32 +136,38 @@ def run_arm(arm, seed):
 
 
 def step_times(arms):
-    """Median train-step seconds per arm, all measured here, in this process, on one batch."""
+    """Median train-step seconds per arm, all measured here, in this process, on one batch.
+
+    Arms are timed in interleaved rounds (as scripts/bench_step.py does), so that drift of
+    the machine hits every arm alike.
+    """
     import keras
     import numpy as np
 
     from icasc_tf.data import load_dataset
     from icasc_tf.training import build_model
 
-    times = {}
     config = arm_config(arms[0], 0)
     dataset, info = load_dataset(
         "cluttered_digits", "train", FLAGS.batch_size, training=True,
         data_dir=config.data_dir or None, **config.options("dataset_config"),
     )
     x, y = next(iter(dataset))
+    models = {}
     for arm in arms:
-        model = build_model(arm_config(arm, 0), info)
-        model.compile(keras.optimizers.SGD(0.01, momentum=0.9))
+        models[arm] = build_model(arm_config(arm, 0), info)
+        models[arm].compile(keras.optimizers.SGD(0.01, momentum=0.9))
         for _ in range(2):
-            model.train_on_batch(x, y)
-        samples = []
-        for _ in range(FLAGS.timing_steps):
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            samples.append(time.perf_counter() - start)
-        times[arm] = float(np.median(samples))
-    return times
+            models[arm].train_on_batch(x, y)
+    samples = {arm: [] for arm in arms}
+    rounds = max(1, min(5, FLAGS.timing_steps))
+    for _ in range(rounds):
+        for arm, model in models.items():
+            for _ in range(max(1, FLAGS.timing_steps // rounds)):
+                start = time.perf_counter()
+                model.train_on_batch(x, y)
+                samples[arm].append(time.perf_counter() - start)
+    return {arm: float(np.median(values)) for arm, values in samples.items()}
 
 
 COLUMNS = [
