@@ -286,6 +286,7 @@ def run_training(config: TrainConfig, callbacks=()):
         validation_steps=config.eval_steps or None,
         callbacks=callbacks,
         verbose=config.verbose,
+        shuffle=False,  # the pipeline shuffles
     )
     train_seconds = time.time() - started
     if model.stop_training and not np.isfinite(history.history.get("loss", [np.nan])[-1]):
