@@ -49,9 +49,12 @@ def make_strategy(name):
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        # Without GPUs, mirror over the logical CPUs (how the tests exercise it).
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        # Without GPUs, mirror over the logical CPUs (how the tests exercise it), reducing
+        # through one device: CPU collectives of several strategies in one process collide.
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(None if gpus else cpus)
+        return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
     device = gpus[0].name if gpus else "/cpu:0"
     return tf.distribute.OneDeviceStrategy(device)
 

@@ -286,7 +286,11 @@ def test_two_replicas_update_equals_one_device_update():
         return [w.copy() for w in backbone.get_weights()], history.history
 
     one, h1 = step(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two, h2 = step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    two, h2 = step(
+        tf.distribute.MirroredStrategy(
+            ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
+    )
     assert not np.allclose(one[0], weights[0])  # a real update happened
     for a, b in zip(one, two):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
