@@ -29,10 +29,13 @@ def target_mask(attention_last, size=None, sigma=0.55, omega=100.0):
     inner layer's resolution. Returns ``[B, h, w]``.
     """
     mask = tf.sigmoid(omega * (normalize_by_max(attention_last) - sigma))
-    if size is not None:
-        resized = tf.image.resize(mask[..., None], size, method="bilinear")[..., 0]
-        mask = tf.cast(resized, mask.dtype)  # resize always returns float32
-    return mask
+    return mask if size is None else resize_map(mask, size)
+
+
+def resize_map(attention, size):
+    """Bilinear resize of ``[B, h, w]`` maps to ``size``, keeping their dtype."""
+    resized = tf.image.resize(attention[..., None], size, method="bilinear")[..., 0]
+    return tf.cast(resized, attention.dtype)  # resize always returns float32
 
 
 def attention_separation_loss(a_target, a_confusing, mask):

@@ -295,9 +295,7 @@ class ICASC(keras.Model):
 
     def _attention_terms(self, a_inner_t, a_last_t, a_inner_c, a_last_c):
         mask_last = L.target_mask(a_last_t, sigma=self.sigma, omega=self.omega)
-        mask_inner = L.target_mask(
-            a_last_t, size=tf.shape(a_inner_t)[1:3], sigma=self.sigma, omega=self.omega
-        )
+        mask_inner = L.resize_map(mask_last, tf.shape(a_inner_t)[1:3])
         if not self.mask_gradient:
             mask_last, mask_inner = tf.stop_gradient(mask_last), tf.stop_gradient(mask_inner)
         return {
