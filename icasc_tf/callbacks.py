@@ -10,25 +10,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from icasc_tf import painless
+from icasc_tf.files import atomic_save_model, atomic_write_json
 from icasc_tf.losses import target_mask
-from icasc_tf.selection import confusing_class
-
-
-def atomic_write_text(path, text):
-    """Write a file so that readers see the old or the new content, never half of it."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save_model(model, path):
-    """``model.save`` into a temporary file, then rename over ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+from icasc_tf.selection import confusing_class, probabilities
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):
@@ -116,7 +101,7 @@ class BestModel(keras.callbacks.Callback):
         if better:
             self.best = value
             atomic_save_model(self.model, self.path)
-            atomic_write_text(self.path + ".json", json.dumps({"epoch": epoch + 1, self.monitor: value}))
+            atomic_write_json(self.path + ".json", {"epoch": epoch + 1, self.monitor: value})
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -177,7 +162,7 @@ class AttentionImages(keras.callbacks.Callback):
         self.labels = np.asarray(labels)
         self.class_names = list(class_names)
         self.multi_label = multi_label
-        self.display = display if display is not None else _displayable(self.images)
+        self.display = self.images if display is None else display  # render_panel scales to [0, 1]
         self._writer = None
         self._probe = None
 
@@ -186,7 +171,7 @@ class AttentionImages(keras.callbacks.Callback):
 
         model = self.model
         logits = model.predict(self.images, verbose=0)
-        probs = tf.sigmoid(logits).numpy() if self.multi_label else tf.nn.softmax(logits).numpy()
+        probs = probabilities(logits, self.multi_label).numpy()
         if self.multi_label:
             truth = np.argmax(np.where(self.labels > 0, probs, -1.0), axis=-1)  # best-scored positive
         else:
@@ -217,12 +202,10 @@ class AttentionImages(keras.callbacks.Callback):
         return panels
 
     def _painless_outputs(self):
-        if not any(layer.name.startswith("painless_") for layer in self.model.backbone.layers):
+        if not any(layer.name.startswith(painless.PREFIX) for layer in self.model.backbone.layers):
             return None
-        from icasc_tf.painless import painless_probe
-
         if self._probe is None:
-            self._probe = painless_probe(self.model.backbone)
+            self._probe = painless.painless_probe(self.model.backbone)
         out = self._probe(self.images, training=False)
         return {"masks": [np.asarray(m) for m in out["masks"]], "gates": np.asarray(out["gates"])}
 
@@ -241,14 +224,6 @@ class AttentionImages(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
-
-
-def _displayable(images):
-    """Map images to [0, 1] for display (mean-subtracted data is shifted back per image)."""
-    low = images.min(axis=(1, 2, 3), keepdims=True)
-    high = images.max(axis=(1, 2, 3), keepdims=True)
-    inside = (low >= 0).all() and (high <= 1).all()
-    return images if inside else (images - low) / np.maximum(high - low, 1e-8)
 
 
 def _floats(logs):

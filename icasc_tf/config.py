@@ -44,6 +44,8 @@ class TrainConfig:
     omega: float = _opt(100.0, "Mask sharpness.")
     theta: float = _opt(0.8, "Attention-consistency target.")
     mask_gradient: bool = _opt(False, "Let gradients flow through the target mask.")
+    second_order: bool = _opt(True, "Differentiate the attention losses through dY/dF (the paper); "
+                              "--nosecond_order detaches the class-score gradients (first order).")
     attention_warmup: float = _opt(0.0, "Epochs over which the attention losses ramp from 0 to full weight.")
     painless_depth: int = _opt(0, "Painless attention: number of attention modules (0 = none).")
     painless_width: int = _opt(1, "Painless attention: heads per module.")

@@ -1,50 +1,24 @@
 """ICASC: a Keras model whose training step adds attention separation and consistency.
 
-``ICASC`` wraps any functional Keras classifier (logits out). Its ``train_step`` takes
-the class-score gradients dY/dF with an inner ``tf.GradientTape`` *inside* the outer
-one, so the attention losses reach the weights through dY/dF as well as through F
-(METHOD.md §1.6). With every attention weight at 0 it is the plain baseline step.
+The method itself lives in ``icasc_tf.method`` as plain functions; this class wires it
+into Keras: ``train_step`` calls it under the outer ``tf.GradientTape`` so the attention
+losses reach the weights through dY/dF as well as through F (METHOD.md §1.6), averages
+per-sample losses over the global batch, and reports them as metrics. With every
+attention weight at 0 it is the plain baseline step.
 """
 
-import contextlib
-
 import keras
-import numpy as np
 import tensorflow as tf
 
-from icasc_tf import losses as L
+from icasc_tf import method
 from icasc_tf.attention import get_attention
-from icasc_tf.selection import confusing_one_hot, target_one_hot
+from icasc_tf.feature_maps import feature_layer
+from icasc_tf.keras_compat import LABEL_ERROR, KerasCompat
+from icasc_tf.lr_multipliers import GradientScales
+from icasc_tf.method import ATTENTION_TERMS
+from icasc_tf.selection import probabilities
 
 BN_MODES = ("batch", "exact")
-ATTENTION_TERMS = ("as_inner", "as_last", "ac")
-_LABEL_ERROR = "icasc_tf labels:"
-
-
-def _rank(output):
-    return len(output.shape) if hasattr(output, "shape") else -1  # several outputs: no map
-
-
-def feature_layer(backbone, name, role):
-    """The layer called ``name``, checked to output one 4-D feature map; errors list the choices."""
-    maps = [
-        layer.name
-        for layer in backbone.layers
-        if not isinstance(layer, keras.layers.InputLayer) and _rank(layer.output) == 4
-    ]
-    try:
-        layer = backbone.get_layer(name)
-    except ValueError:
-        raise ValueError(
-            f"{role}={name!r} is not a layer of backbone {backbone.name!r}. "
-            f"Layers with 4-D feature maps: {', '.join(maps)}."
-        ) from None
-    if _rank(layer.output) != 4:
-        raise ValueError(
-            f"{role}={name!r} outputs {getattr(layer.output, 'shape', 'several tensors')}, not a 4-D "
-            f"[batch, height, width, channels] feature map. Pick one of: {', '.join(maps)}."
-        )
-    return layer
 
 
 def _check_backbone(backbone):
@@ -61,26 +35,8 @@ def _check_backbone(backbone):
         )
 
 
-def _multi_worker(strategy):
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.cluster_resolver is not None and bool(strategy.cluster_resolver.task_type)
-    )
-
-
-@contextlib.contextmanager
-def _label_errors_as_value_errors():
-    """Label range checks run in the graph; surface them as the ValueError users expect."""
-    try:
-        yield
-    except tf.errors.InvalidArgumentError as error:
-        if _LABEL_ERROR not in error.message:
-            raise
-        detail = error.message.split(_LABEL_ERROR, 1)[1].split("]", 1)[0].replace("\\'", "'")
-        raise ValueError(f"Bad labels:{detail} Fix the dataset's labels.") from None
-
-
 @keras.saving.register_keras_serializable(package="icasc_tf")
-class ICASC(keras.Model):
+class ICASC(KerasCompat, keras.Model):
     """Classifier trained with attention separation (L_AS) and consistency (L_AC).
 
     Args:
@@ -96,6 +52,8 @@ class ICASC(keras.Model):
         inference mode, so each sample's gradient is its own (METHOD.md §1.1).
       sigma, omega, theta: mask threshold, mask sharpness, consistency target.
       mask_gradient: let gradients flow through the mask (default: it is a target).
+      second_order: differentiate through dY/dF (the paper); ``False`` detaches the
+        class-score gradients (first order, as the public PyTorch port).
       lr_multipliers: ``{layer-name prefix: factor}``; the gradients of matching layers
         are scaled, i.e. their SGD learning rate is multiplied (fine-tuning recipes).
     """
@@ -114,6 +72,7 @@ class ICASC(keras.Model):
         theta=0.8,
         mask_gradient=False,
         lr_multipliers=None,
+        second_order=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -138,6 +97,7 @@ class ICASC(keras.Model):
         self.bn_mode = bn_mode
         self.sigma, self.omega, self.theta = float(sigma), float(omega), float(theta)
         self.mask_gradient = bool(mask_gradient)
+        self.second_order = bool(second_order)
         self.lr_multipliers = dict(lr_multipliers or {})
         self.num_classes = int(backbone.outputs[0].shape[-1])
         # Attention and losses run in float32 (also under mixed precision), float64 if asked.
@@ -151,7 +111,7 @@ class ICASC(keras.Model):
             name: keras.metrics.Mean(name=name)
             for name in ("loss", "classification_loss") + ATTENTION_TERMS
         }
-        self._gradient_scales = None
+        self._gradient_scales = GradientScales(self.lr_multipliers)
         # Multiplies all attention terms; a warm-up callback ramps it from 0 to 1.
         self.attention_scale = keras.Variable(1.0, trainable=False, name="attention_scale")
         self.built = True  # the backbone is built, so is this wrapper
@@ -200,37 +160,12 @@ class ICASC(keras.Model):
         mine = list(self._trackers.values())
         return mine + [m for m in super().metrics if m.name != "loss" and m not in mine]
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Build metrics/optimizer from one replica's batch.
-
-        Keras (3.15) averages a distributed batch over replicas with ``strategy.reduce`` to
-        build symbolically, which fails under MultiWorkerMirroredStrategy (it cannot convert
-        the PerReplica batch); one replica's local batch has the same shapes.
-        """
-        strategy = self._distribute_strategy
-        if iterator is not None and strategy is not None:
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0], next(it)
-                )
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def fit(self, *args, **kwargs):
-        with _label_errors_as_value_errors():
-            return super().fit(*args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        with _label_errors_as_value_errors():
-            return super().evaluate(*args, **kwargs)
-
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._check_labels(y)
         with tf.GradientTape() as tape:
-            terms = self._loss_terms(x, labels, training=True, with_attention=self.attention_enabled)
-            per_sample = self._weighted_total(terms)
+            terms = self.per_sample_terms(x, labels, training=True, with_attention=self.attention_enabled)
+            per_sample = method.weighted_total(terms, self.loss_weights, self.attention_scale)
             regularization = self._regularization_loss()
             loss = self._global_mean(per_sample, sample_weight) + regularization / float(
                 tf.distribute.get_strategy().num_replicas_in_sync
@@ -238,85 +173,38 @@ class ICASC(keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
-        gradients = [
-            g if g is None or s == 1.0 else g * s
-            for g, s in zip(gradients, self._scales(variables))
-        ]
+        gradients = self._gradient_scales.apply(self.backbone.layers, variables, gradients)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(x, y, terms, per_sample + regularization, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._check_labels(y)
-        terms = self._loss_terms(x, labels, training=False, with_attention=True)
-        per_sample = self._weighted_total(terms) + self._regularization_loss()
-        return self._update_metrics(x, y, terms, per_sample, sample_weight)
+        terms = self.per_sample_terms(x, labels)
+        per_sample = method.weighted_total(terms, self.loss_weights, self.attention_scale)
+        return self._update_metrics(x, y, terms, per_sample + self._regularization_loss(), sample_weight)
 
-    # ------------------------------------------------------------------ the method
-    def _loss_terms(self, x, labels, training, with_attention):
-        """Per-sample classification and attention terms ``{name: [B]}``, plus ``logits``."""
-        if not with_attention:
-            logits = self.backbone(x, training=training)
-            return {"logits": logits, "classification_loss": self._classification_loss(labels, logits)}
-        with tf.GradientTape(persistent=True) as inner_tape:
-            inner_tape.watch(x)
-            f_inner, f_last, logits = self._tap(x, training=training)
-            if self._head is not None and training:
-                # "exact": per-sample gradients, from BatchNormalization in inference mode.
-                inner_tape.watch(f_inner)
-                f_last, scores = self._head(f_inner, training=False)
-            else:
-                scores = logits
-            target = tf.cast(target_one_hot(labels, self.num_classes, self.multi_label), self._loss_dtype)
-            confusing = tf.cast(confusing_one_hot(target, logits), self._loss_dtype)
-            scores = tf.cast(scores, self._loss_dtype)
-            target_score = tf.reduce_sum(scores * target, axis=-1)
-            confusing_score = tf.reduce_sum(scores * confusing, axis=-1)
-        # Inside the outer tape: these gradients are themselves differentiated.
-        g_inner_t, g_last_t = inner_tape.gradient(target_score, [f_inner, f_last])
-        g_inner_c, g_last_c = inner_tape.gradient(confusing_score, [f_inner, f_last])
-        del inner_tape
-        maps = self._attention_maps_from(f_inner, f_last, g_inner_t, g_last_t, g_inner_c, g_last_c)
-        terms = self._attention_terms(*maps)
-        terms["logits"] = logits
-        terms["classification_loss"] = self._classification_loss(labels, logits)
-        return terms
-
-    def _attention_maps_from(self, f_inner, f_last, *grads):
-        f_inner = tf.cast(f_inner, self._loss_dtype)
-        f_last = tf.cast(f_last, self._loss_dtype)
-        g_inner_t, g_last_t, g_inner_c, g_last_c = (tf.cast(g, self._loss_dtype) for g in grads)
-        return (
-            self._attention(f_inner, g_inner_t),
-            self._attention(f_last, g_last_t),
-            self._attention(f_inner, g_inner_c),
-            self._attention(f_last, g_last_c),
+    # ------------------------------------------------------------------ the method's terms
+    def per_sample_terms(self, images, labels, training=False, with_attention=True):
+        """Per-sample ``classification_loss``, ``as_inner``, ``as_last``, ``ac`` (``[B]`` each)
+        and ``logits`` ``[B, C]``: what training optimises, validation reports and evaluation
+        measures. ``with_attention=False`` runs the classifier alone (the baseline step).
+        """
+        if with_attention:
+            terms = method.attention_terms(
+                self._tap, images, labels,
+                attention=self._attention, num_classes=self.num_classes,
+                multi_label=self.multi_label, training=training,
+                head=self._head if training else None, second_order=self.second_order,
+                dtype=self._loss_dtype, sigma=self.sigma, omega=self.omega, theta=self.theta,
+                mask_gradient=self.mask_gradient,
+            )
+        else:
+            terms = {"logits": self.backbone(images, training=training)}
+        terms["classification_loss"] = method.classification_loss(
+            labels, terms["logits"], self.multi_label, self._loss_dtype
         )
-
-    def _attention_terms(self, a_inner_t, a_last_t, a_inner_c, a_last_c):
-        mask_last = L.target_mask(a_last_t, sigma=self.sigma, omega=self.omega)
-        mask_inner = L.resize_map(mask_last, tf.shape(a_inner_t)[1:3])
-        if not self.mask_gradient:
-            mask_last, mask_inner = tf.stop_gradient(mask_last), tf.stop_gradient(mask_inner)
-        return {
-            "as_inner": L.attention_separation_loss(a_inner_t, a_inner_c, mask_inner),
-            "as_last": L.attention_separation_loss(a_last_t, a_last_c, mask_last),
-            "ac": L.attention_consistency_loss(a_inner_t, mask_inner, theta=self.theta),
-        }
-
-    def _classification_loss(self, labels, logits):
-        logits = tf.cast(logits, self._loss_dtype)
-        if self.multi_label:
-            return L.multilabel_soft_margin_loss(labels, logits)
-        return L.softmax_cross_entropy_loss(labels, logits)
-
-    def _weighted_total(self, terms):
-        """Per-sample total (ICCV Eq. 6); zero-weight terms stay out of the gradient graph."""
-        attention = [w * terms[n] for n, w in zip(ATTENTION_TERMS, self.loss_weights) if w > 0 and n in terms]
-        if not attention:
-            return terms["classification_loss"]
-        scale = tf.cast(self.attention_scale, terms["classification_loss"].dtype)
-        return terms["classification_loss"] + scale * tf.add_n(attention)
+        return terms
 
     def _regularization_loss(self):
         """Weight decay and ``add_loss`` terms (e.g. painless attention's L_R), per replica."""
@@ -337,20 +225,6 @@ class ICASC(keras.Model):
         )
         return tf.reduce_sum(per_sample) / global_size
 
-    def _scales(self, variables):
-        """Per-variable gradient factors from ``lr_multipliers`` (recomputed if the variables change)."""
-        key = tuple(id(v) for v in variables)
-        if self._gradient_scales is None or self._gradient_scales[0] != key:
-            factor_of = {}
-            for layer in self.backbone.layers:
-                factor = next(
-                    (f for p, f in self.lr_multipliers.items() if layer.name.startswith(p)), 1.0
-                )
-                for variable in layer.trainable_variables:
-                    factor_of[id(variable)] = float(factor)
-            self._gradient_scales = (key, [factor_of.get(id(v), 1.0) for v in variables])
-        return self._gradient_scales[1]
-
     def _check_labels(self, y):
         """Shape checks at trace time, range checks in the graph (reported as ValueError)."""
         if y is None:
@@ -367,7 +241,7 @@ class ICASC(keras.Model):
             checks = [
                 tf.debugging.assert_equal(
                     tf.reduce_all((y == 0.0) | (y == 1.0)), True,
-                    message=f"{_LABEL_ERROR} multi-hot labels must be 0 or 1.",
+                    message=f"{LABEL_ERROR} multi-hot labels must be 0 or 1.",
                 )
             ]
         else:
@@ -382,10 +256,10 @@ class ICASC(keras.Model):
             y = tf.cast(y, tf.int32)
             checks = [
                 tf.debugging.assert_non_negative(
-                    y, message=f"{_LABEL_ERROR} class ids must be >= 0."
+                    y, message=f"{LABEL_ERROR} class ids must be >= 0."
                 ),
                 tf.debugging.assert_less(
-                    y, c, message=f"{_LABEL_ERROR} class ids must be < {c} (the backbone's classes)."
+                    y, c, message=f"{LABEL_ERROR} class ids must be < {c} (the backbone's classes)."
                 ),
             ]
         with tf.control_dependencies(checks):
@@ -402,11 +276,7 @@ class ICASC(keras.Model):
         results = self.compute_metrics(x, y, terms["logits"], sample_weight=sample_weight)
         if not any(name in terms for name in ATTENTION_TERMS):
             results = {k: v for k, v in results.items() if k not in ATTENTION_TERMS}
-        if _multi_worker(tf.distribute.get_strategy()):
-            # Keras (3.15) reduces logs across workers with reduce("MEAN", axis=0), which
-            # needs a batch axis; the values are global already, so [1] loses nothing.
-            results = {k: tf.reshape(v, [1]) for k, v in results.items()}
-        return results
+        return self.distributable_logs(results)
 
     # ------------------------------------------------------------------ inspection
     def attention_maps(self, images, classes=None, top_k=1, attention=None):
@@ -423,30 +293,22 @@ class ICASC(keras.Model):
         images = tf.convert_to_tensor(images, tf.float32)
         if images.shape.rank != 4:
             raise ValueError(f"images must be a [batch, height, width, channels] batch; got {tuple(images.shape)}.")
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(images)
-            f_inner, f_last, logits = self._tap(images, training=False)
-            logits = tf.cast(logits, tf.float32)
-        probabilities = tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits)
-        if classes is None:
-            classes = tf.math.top_k(probabilities, k=top_k).indices
-        classes = tf.convert_to_tensor(classes, tf.int32)
-        if classes.shape.rank == 1:
-            classes = classes[:, None]
-        inner, last = [], []
-        for j in range(classes.shape[1]):
-            selector = tf.one_hot(classes[:, j], self.num_classes)
-            g_inner, g_last = tape.gradient(
-                logits, [f_inner, f_last], output_gradients=selector
-            )
-            inner.append(function(tf.cast(f_inner, tf.float32), tf.cast(g_inner, tf.float32)))
-            last.append(function(tf.cast(f_last, tf.float32), tf.cast(g_last, tf.float32)))
-        del tape
+        chosen = {}
+
+        def choose(logits):
+            probs = probabilities(logits, self.multi_label)
+            ids = tf.math.top_k(probs, k=top_k).indices if classes is None else tf.convert_to_tensor(classes, tf.int32)
+            ids = ids[:, None] if ids.shape.rank == 1 else ids
+            chosen.update(classes=ids, probabilities=tf.gather(probs, ids, batch_dims=1))
+            return [tf.one_hot(ids[:, j], self.num_classes) for j in range(ids.shape[1])]
+
+        f_inner, f_last, _, gradients = method.class_gradients(self._tap, images, choose, training=False)
+        maps = method.attention_maps(function, f_inner, f_last, gradients)
         return {
-            "classes": classes.numpy(),
-            "probabilities": np.take_along_axis(probabilities.numpy(), classes.numpy(), axis=1),
-            "inner": tf.stack(inner, axis=1).numpy(),
-            "last": tf.stack(last, axis=1).numpy(),
+            "classes": chosen["classes"].numpy(),
+            "probabilities": chosen["probabilities"].numpy(),
+            "inner": tf.stack([inner for inner, _ in maps], axis=1).numpy(),
+            "last": tf.stack([last for _, last in maps], axis=1).numpy(),
         }
 
     # ------------------------------------------------------------------ saving
@@ -465,6 +327,7 @@ class ICASC(keras.Model):
             "theta": self.theta,
             "mask_gradient": self.mask_gradient,
             "lr_multipliers": self.lr_multipliers,
+            "second_order": self.second_order,
         }
 
     def load_own_variables(self, store):

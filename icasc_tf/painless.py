@@ -21,6 +21,8 @@ import dataclasses
 import keras
 from keras import ops
 
+from icasc_tf.feature_maps import feature_layer, feature_map_names
+
 REDUCTIONS = ("avg", "projection")
 GATE_MODES = ("learned", "uniform", "network")
 PREFIX = "painless_"
@@ -199,18 +201,8 @@ def _module_name(index):
     return f"{MODULE_PREFIX}{index}"
 
 
-def _feature_map_names(model):
-    return [
-        layer.name
-        for layer in model.layers
-        if not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4
-    ]
-
-
 def _feature_map(model, name):
     """The 4-D output of layer ``name``, with errors that list the valid choices."""
-    from icasc_tf.model import feature_layer
-
     return feature_layer(model, name, "layer_names").output
 
 
@@ -261,7 +253,7 @@ def _resolve_layer_names(backbone, depth, layer_names):
             )
         return layer_names
     if not _is_backbone(backbone):
-        candidates = _feature_map_names(backbone)
+        candidates = feature_map_names(backbone)
         raise ValueError(
             "A plain keras.Model needs explicit layer_names (deepest first). "
             f"Layers with 4-D feature maps: {', '.join(candidates)}."

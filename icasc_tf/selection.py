@@ -32,3 +32,9 @@ def confusing_class(labels, logits, multi_label=False):
     """Index ``[B]`` of the most confusing class for each sample (for evaluation and figures)."""
     target = target_one_hot(labels, tf.shape(logits)[-1], multi_label)
     return tf.argmax(confusing_one_hot(target, logits), axis=-1, output_type=tf.int32)
+
+
+def probabilities(logits, multi_label=False):
+    """Class probabilities from logits: sigmoid per class (multi-label) or softmax."""
+    logits = tf.cast(logits, tf.float32)
+    return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits)

@@ -20,20 +20,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from icasc_tf import painless
 from icasc_tf.callbacks import (
     AttentionImages,
     AttentionWarmup,
     BestModel,
     LearningRateLogger,
     ResumableCheckpoint,
-    atomic_save_model,
-    atomic_write_text,
 )
 from icasc_tf.config import NOT_PART_OF_RUN, TrainConfig
+from icasc_tf.files import atomic_save_model, atomic_write_json, atomic_write_text
 from icasc_tf.model import ICASC
 
 _log = logging.getLogger(__name__)
-HEAD_LAYER_PREFIXES = ("logits", "painless_")
+HEAD_LAYER_PREFIXES = ("logits", painless.PREFIX)
 
 
 class RunExistsError(ValueError):
@@ -184,6 +184,7 @@ def build_model(config, info):
         omega=config.omega,
         theta=config.theta,
         mask_gradient=config.mask_gradient,
+        second_order=config.second_order,
         lr_multipliers=multipliers,
     )
 
@@ -309,7 +310,7 @@ def run_training(config: TrainConfig, callbacks=()):
     }
     atomic_save_model(model, os.path.join(own_dir, "final.keras"))
     if chief:
-        atomic_write_text(os.path.join(config.model_dir, "metrics.json"), json.dumps(summary, indent=2))
+        atomic_write_json(os.path.join(config.model_dir, "metrics.json"), summary)
     return summary
 
 

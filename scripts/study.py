@@ -1,23 +1,27 @@
 """The evidence: ICASC against its baselines on the bundled cluttered digits.
 
-Trains and evaluates every arm with the same recipe and seeds, then writes
-``study.json``, ``study.md`` (the table) and ``study.png`` (top-1 per arm) into
---output_dir, and a baseline-vs-ICASC attention figure. An arm/seed already finished in
---output_dir is not trained again, so the study survives interruption.
+Trains and evaluates every arm with the same recipe and seeds, then writes ``study.json``,
+``study.md`` (one table per background, with each arm's difference to the baseline and its
+95% confidence interval) and ``study.png`` into --output_dir, and a baseline-vs-ICASC
+attention figure per background. A finished arm/seed is not trained again, so the study
+survives interruption and can run across sessions.
 
-    python scripts/study.py                                    # every arm, 3 seeds
-    python scripts/study.py --arms=baseline,ach --seeds=5
-    python scripts/study.py --smoke                            # one arm, a few steps (CI)
+    python scripts/study.py                                     # the default arms, 3 seeds
+    python scripts/study.py --arms=baseline,ach,baseline@textured,ach@textured
+    python scripts/study.py --arms=baseline+x4,ach_w01+x4 --seeds=3
+    python scripts/study.py --smoke                             # one arm, a few steps (CI)
 
-Arms: baseline (no attention losses); ach, gradcam, apx (ICASC with each map);
-as_in, as_in_ac (the ablation of ICCV Table 3; `ach` is all three terms); bn_exact
-(`ach` with bn_mode=exact; `ach` itself is bn_mode=batch); wrna, wrna_icasc
-(painless attention, alone and with the ICASC losses); ach_warmup, ach_w01 (the
-attention terms ramped in over 2 epochs, or weighted 0.1); mask_grad (gradients through
-the target mask); ft_baseline, ft_ach
-(fine-tuning each seed's trained baseline, without and with ICASC; run `baseline` first).
+The recipe is ``TrainConfig`` (every flag of scripts/train.py is a flag here too), with the
+study's defaults: CIFAR ResNet-8, 5 epochs, no TensorBoard images. An arm is
+``NAME[+MODIFIER...][@BACKGROUND]``:
+  NAME        an entry of ARMS below (a change to the recipe);
+  +x4         four times the epochs; +r20: a CIFAR ResNet-20 instead of the recipe's arch;
+  @textured   the cluttered_digits background config ``textured`` (default: the empty canvas).
+Runs go to OUTPUT_DIR/BACKGROUND/NAME[+MODIFIER...]/seed-N, seed by seed, so that a
+partial study has every arm's first seed before any arm's second.
 """
 
+import dataclasses
 import json
 import os
 import statistics
@@ -30,75 +34,123 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags
 from absl import logging as absl_logging
 
+from icasc_tf import config as run_config
+from icasc_tf.files import atomic_write_json, atomic_write_text
+
 FLAGS = flags.FLAGS
 ARMS = {
     "baseline": dict(baseline=True),
     "ach": dict(attention="ach"),
     "gradcam": dict(attention="gradcam"),
     "apx": dict(attention="apx"),
+    # The ablation of ICCV Table 3 (`ach` is all three terms), and L_AS^la alone.
     "as_in": dict(loss_weights=["1", "0", "0"]),
     "as_in_ac": dict(loss_weights=["1", "0", "1"]),
+    "as_la": dict(loss_weights=["0", "1", "0"]),
+    # Options of the method: per-sample BN gradients, the mask, the second-order path.
     "bn_exact": dict(bn_mode="exact"),
+    "mask_grad": dict(mask_gradient=True),
+    "first_order": dict(second_order=False),
+    # The attention terms ramped in over 2 epochs, or weighted down.
+    "ach_warmup": dict(attention_warmup=2.0),
+    "ach_w003": dict(loss_weights=["0.03", "0.03", "0.03"]),
+    "ach_w01": dict(loss_weights=["0.1", "0.1", "0.1"]),
+    "ach_w03": dict(loss_weights=["0.3", "0.3", "0.3"]),
+    # Painless attention, alone and with the ICASC losses.
     "wrna": dict(baseline=True, painless_depth=2, painless_width=2),
     "wrna_icasc": dict(painless_depth=2, painless_width=2),
-    # Why ICASC trails from scratch here: the attention terms ramped in, or weighted down...
-    "ach_warmup": dict(attention_warmup=2.0),
-    "ach_w01": dict(loss_weights=["0.1", "0.1", "0.1"]),
-    "mask_grad": dict(mask_gradient=True),  # METHOD §1.4's other mask option
-    # ...or, as in most of the paper's tables, fine-tuning a trained network: both arms
-    # start from the same seed's trained baseline and train FINETUNE_EPOCHS more at lr/10.
+    # Fine-tuning each seed's trained baseline (run `baseline` first), without and with ICASC.
     "ft_baseline": dict(baseline=True, finetune=True),
     "ft_ach": dict(finetune=True),
 }
+MODIFIERS = {
+    "x4": lambda c: dataclasses.replace(c, epochs=4 * c.epochs),
+    "r20": lambda c: dataclasses.replace(c, arch="resnet20"),
+}
+BACKGROUNDS = ("empty", "textured")
 FINETUNE_EPOCHS = 3
-flags.DEFINE_list("arms", list(ARMS), f"Arms to run: {', '.join(ARMS)}.")
+STUDY_DEFAULTS = dict(arch="resnet8", epochs=5, attention_images=0, verbose=2)
+
+run_config.define_flags()
+for _name, _value in STUDY_DEFAULTS.items():
+    FLAGS.set_default(_name, _value)
+flags.DEFINE_list("arms", ["baseline", "ach"], "Arms to run, NAME[+MOD...][@BACKGROUND] (see the module doc).")
 flags.DEFINE_integer("seeds", 3, "Seeds per arm (0, 1, ...).")
 flags.DEFINE_string("output_dir", "", "Where every run and the tables go (default runs/study, runs/study_smoke).")
-flags.DEFINE_string("arch", "resnet20", "Backbone (a CIFAR-style ResNet keeps it CPU-sized).")
-flags.DEFINE_list("arch_options", [], "Backbone options, key=value.")
-flags.DEFINE_list("dataset_config", [], "cluttered_digits options, key=value.")
-flags.DEFINE_integer("epochs", 6, "Epochs per run.")
-flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0 = the whole split).")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_float("learning_rate", 0.1, "Initial learning rate (cosine schedule).")
-flags.DEFINE_string("data_dir", "", "TFDS data folder.")
 flags.DEFINE_integer("eval_batches", 0, "Evaluate on this many test batches (0 = all).")
-flags.DEFINE_integer("timing_steps", 5, "Timed train steps per arm for the relative step time.")
+flags.DEFINE_integer("timing_steps", 5, "Timed train steps per arm for the relative step time (0 = none).")
 flags.DEFINE_bool("smoke", False, "CI: one arm, one seed, two epochs of two steps, tiny data.")
-flags.DEFINE_integer("verbose", 2, "Keras progress of each run.")
 
 
-def arm_config(arm, seed):
-    from icasc_tf.config import TrainConfig
+# ----------------------------------------------------------------------------- arms
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    modifiers: tuple
+    background: str
 
-    values = dict(
-        dataset="cluttered_digits",
-        dataset_config=list(FLAGS.dataset_config),
-        arch=FLAGS.arch,
-        arch_options=list(FLAGS.arch_options),
-        epochs=FLAGS.epochs,
-        steps_per_epoch=FLAGS.steps_per_epoch,
-        batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate,
-        lr_schedule="cosine",
-        seed=seed,
-        data_dir=FLAGS.data_dir,
-        attention_images=0,
-        verbose=FLAGS.verbose,
-        model_dir=os.path.join(FLAGS.output_dir, arm, f"seed-{seed}"),
-    )
-    arm_values = dict(ARMS[arm])
-    if arm_values.pop("finetune", False):
-        arm_values.update(
-            weights=os.path.join(FLAGS.output_dir, "baseline", f"seed-{seed}", "final.keras"),
-            epochs=min(FINETUNE_EPOCHS, FLAGS.epochs),
-            learning_rate=FLAGS.learning_rate / 10,
+    @classmethod
+    def parse(cls, spec):
+        rest, _, background = spec.partition("@")
+        name, *modifiers = rest.split("+")
+        background = background or "empty"
+        problems = [f"unknown arm {name!r}"] if name not in ARMS else []
+        problems += [f"unknown modifier +{m}" for m in modifiers if m not in MODIFIERS]
+        if background not in BACKGROUNDS:
+            problems.append(f"unknown background @{background}")
+        if problems:
+            raise ValueError(
+                f"--arms item {spec!r}: {'; '.join(problems)}. Arms: {', '.join(ARMS)}; modifiers: "
+                f"{', '.join('+' + m for m in MODIFIERS)}; backgrounds: "
+                f"{', '.join('@' + b for b in BACKGROUNDS)}."
+            )
+        return cls(name, tuple(modifiers), background)
+
+    @property
+    def key(self):
+        """The arm as written on the command line, and its row in the tables."""
+        text = "+".join((self.name,) + self.modifiers)
+        return text if self.background == "empty" else f"{text}@{self.background}"
+
+    @property
+    def folder(self):
+        return os.path.join(self.background, "+".join((self.name,) + self.modifiers))
+
+    def baseline(self):
+        """The arm this one is compared with: the baseline of the same background and modifiers."""
+        return Arm("baseline", self.modifiers, self.background)
+
+    def config(self, recipe, seed, output_dir):
+        changes = dict(ARMS[self.name])
+        finetune = changes.pop("finetune", False)
+        config = dataclasses.replace(
+            recipe, seed=seed, model_dir=os.path.join(output_dir, self.folder, f"seed-{seed}"), **changes
         )
-    values.update(arm_values)
-    return TrainConfig(**values)
+        if self.background != "empty":
+            config = dataclasses.replace(
+                config, dataset_config=list(config.dataset_config) + [f"background={self.background}"]
+            )
+        for modifier in self.modifiers:
+            config = MODIFIERS[modifier](config)
+        if finetune:
+            base = self.baseline().config(recipe, seed, output_dir)
+            config = dataclasses.replace(
+                config, weights=os.path.join(base.model_dir, "final.keras"),
+                epochs=min(FINETUNE_EPOCHS, config.epochs), learning_rate=config.learning_rate / 10,
+            )
+        return config
 
 
-def run_arm(arm, seed):
+def study_recipe():
+    """The one recipe of every arm: the command line's TrainConfig on the bundled data."""
+    recipe = run_config.from_flags(FLAGS)
+    if recipe.dataset != "cluttered_digits":
+        raise ValueError("The study runs on the bundled data: leave --dataset at cluttered_digits.")
+    return recipe
+
+
+# ----------------------------------------------------------------------------- runs
+def run_arm(arm, seed, recipe):
     """Train (unless finished) and evaluate (unless evaluated) one arm/seed; return its eval dict."""
     import keras
 
@@ -106,7 +158,7 @@ def run_arm(arm, seed):
     from icasc_tf.evaluation import evaluate_model
     from icasc_tf.training import RunExistsError, changed_options, run_training
 
-    config = arm_config(arm, seed)
+    config = arm.config(recipe, seed, FLAGS.output_dir)
     changed = changed_options(config)
     if changed:
         raise RunExistsError(
@@ -118,28 +170,26 @@ def run_arm(arm, seed):
         with open(eval_path, encoding="utf-8") as f:
             return json.load(f)
     if not os.path.exists(os.path.join(config.model_dir, "metrics.json")):
+        print(f"study: {arm.key} seed {seed} -> {config.model_dir}", flush=True)
         run_training(config)
     model = keras.models.load_model(os.path.join(config.model_dir, "final.keras"))
     dataset, info = load_dataset(
-        "cluttered_digits", "test", FLAGS.batch_size, training=False, with_boxes=True,
+        "cluttered_digits", "test", config.batch_size, training=False, with_boxes=True,
         data_dir=config.data_dir or None, **config.options("dataset_config"),
     )
     results = evaluate_model(
         model, dataset, info, max_batches=FLAGS.eval_batches or None,
         ks_chart_path=os.path.join(config.model_dir, "ks_test.png"),
     )
-    tmp = eval_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, eval_path)
+    atomic_write_json(eval_path, results)
     return results
 
 
-def step_times(arms):
-    """Median train-step seconds per arm, all measured here, in this process, on one batch.
+def step_times(arms, recipe):
+    """Median train-step seconds per arm, all measured in this process on one batch.
 
     Arms are timed in interleaved rounds (as scripts/bench_step.py does), so that drift of
-    the machine hits every arm alike.
+    the machine hits every arm alike. Arms that differ only in data share a measurement.
     """
     import keras
     import numpy as np
@@ -147,29 +197,30 @@ def step_times(arms):
     from icasc_tf.data import load_dataset
     from icasc_tf.training import build_model
 
-    config = arm_config(arms[0], 0)
+    configs = {arm.key: arm.config(recipe, 0, FLAGS.output_dir) for arm in arms}
     dataset, info = load_dataset(
-        "cluttered_digits", "train", FLAGS.batch_size, training=True,
-        data_dir=config.data_dir or None, **config.options("dataset_config"),
+        "cluttered_digits", "train", recipe.batch_size, training=True,
+        data_dir=recipe.data_dir or None, **recipe.options("dataset_config"),
     )
     x, y = next(iter(dataset))
     models = {}
-    for arm in arms:
-        models[arm] = build_model(arm_config(arm, 0), info)
-        models[arm].compile(keras.optimizers.SGD(0.01, momentum=0.9))
+    for key, config in configs.items():
+        models[key] = build_model(dataclasses.replace(config, weights=""), info)
+        models[key].compile(keras.optimizers.SGD(0.01, momentum=0.9))
         for _ in range(2):
-            models[arm].train_on_batch(x, y)
-    samples = {arm: [] for arm in arms}
+            models[key].train_on_batch(x, y)
+    samples = {key: [] for key in models}
     rounds = max(1, min(5, FLAGS.timing_steps))
     for _ in range(rounds):
-        for arm, model in models.items():
+        for key, model in models.items():
             for _ in range(max(1, FLAGS.timing_steps // rounds)):
                 start = time.perf_counter()
                 model.train_on_batch(x, y)
-                samples[arm].append(time.perf_counter() - start)
-    return {arm: float(np.median(values)) for arm, values in samples.items()}
+                samples[key].append(time.perf_counter() - start)
+    return {key: float(np.median(values)) for key, values in samples.items()}
 
 
+# ----------------------------------------------------------------------------- tables
 COLUMNS = [
     ("top1", "test top-1"),
     ("as_inner", "L_AS^in"),
@@ -181,35 +232,54 @@ COLUMNS = [
 
 
 def summarise(results, times):
+    """``results``: {arm key: [eval dict per seed]}; returns {arm key: row}."""
+    from icasc_tf.evaluation.statistics import difference_to_baseline
+
     table = {}
-    for arm, runs in results.items():
-        row = {}
-        for key, _ in COLUMNS:
-            values = [r[key] for r in runs if key in r]
+    for key, runs in results.items():
+        row = {"seeds": len(runs)}
+        for column, _ in COLUMNS:
+            values = [r[column] for r in runs if column in r]
             if values:
-                row[key] = {
+                row[column] = {
                     "mean": statistics.fmean(values),
                     "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                     "values": values,
                 }
-        if arm in times and "baseline" in times:
-            row["step_time_vs_baseline"] = times[arm] / times["baseline"]
-        row["step_seconds"] = times.get(arm)
-        table[arm] = row
+        baseline = Arm.parse(key).baseline().key
+        if baseline != key and baseline in results and "top1" in row:
+            row["top1_vs_baseline"] = difference_to_baseline(
+                row["top1"]["values"], [r["top1"] for r in results[baseline]]
+            )
+        if key in times and baseline in times:
+            row["step_time_vs_baseline"] = times[key] / times[baseline]
+        row["step_seconds"] = times.get(key)
+        table[key] = row
     return table
 
 
+def _cell(value, digits=4):
+    return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}" if value else "n/a"
+
+
 def markdown(table):
-    header = "| arm | " + " | ".join(title for _, title in COLUMNS) + " | step time x baseline |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
-    for arm, row in table.items():
-        cells = []
-        for key, _ in COLUMNS:
-            cell = row.get(key)
-            cells.append(f"{cell['mean']:.4f} ± {cell['std']:.4f}" if cell else "n/a")
+    header = (
+        "| arm | test top-1 | Δ top-1 vs baseline [95% CI] | "
+        + " | ".join(title for _, title in COLUMNS[1:])
+        + " | step time x baseline | seeds |"
+    )
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 4)]
+    for key, row in table.items():
+        diff = row.get("top1_vs_baseline")
+        diff_text = (
+            f"{100 * diff['mean']:+.1f} pts [{100 * diff['ci'][0]:+.1f}, {100 * diff['ci'][1]:+.1f}] "
+            f"{diff['verdict']}" if diff else "n/a"
+        )
         ratio = row.get("step_time_vs_baseline")
-        cells.append(f"{ratio:.2f}" if ratio else "n/a")
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        cells = [_cell(row.get("top1")), diff_text]
+        cells += [_cell(row.get(column)) for column, _ in COLUMNS[1:]]
+        cells += [f"{ratio:.2f}" if ratio else "n/a", str(row["seeds"])]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -222,19 +292,20 @@ def bar_chart(table, path):
     arms = [a for a in table if "top1" in table[a]]
     means = [table[a]["top1"]["mean"] * 100 for a in arms]
     stds = [table[a]["top1"]["std"] * 100 for a in arms]
-    fig, ax = plt.subplots(figsize=(1.1 * len(arms) + 2, 3.5))
-    ax.bar(arms, means, yerr=stds, capsize=4, color=["#888888"] + ["#3b75af"] * (len(arms) - 1))
+    colours = ["#888888" if Arm.parse(a).name == "baseline" else "#3b75af" for a in arms]
+    fig, ax = plt.subplots(figsize=(0.8 * len(arms) + 2, 3.8))
+    ax.bar(arms, means, yerr=stds, capsize=4, color=colours)
     low = min(m - s for m, s in zip(means, stds))
     ax.set_ylim(max(0, low - 5), min(100, max(m + s for m, s in zip(means, stds)) + 2))
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("cluttered digits: mean ± std over seeds")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    ax.set_title("cluttered digits: mean ± std over seeds (grey: baselines)")
+    plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def comparison_figure(path):
+def comparison_figure(recipe, background, path):
     """Baseline row over ICASC row on the same test images (seed 0 of each)."""
     import keras
     import numpy as np
@@ -242,15 +313,18 @@ def comparison_figure(path):
     from icasc_tf.data import load_dataset
     from icasc_tf.visualize import top5_figure
 
-    config = arm_config("baseline", 0)
+    arms = {name: Arm(name, (), background) for name in ("baseline", "ach")}
+    config = arms["baseline"].config(recipe, 0, FLAGS.output_dir)
     dataset, info = load_dataset(
         "cluttered_digits", "test", 6, training=False, data_dir=config.data_dir or None,
         **config.options("dataset_config"),
     )
     images, labels = next(iter(dataset))
     models = {
-        arm: keras.models.load_model(os.path.join(FLAGS.output_dir, arm, "seed-0", "final.keras"))
-        for arm in ("baseline", "ach")
+        name: keras.models.load_model(
+            os.path.join(arm.config(recipe, 0, FLAGS.output_dir).model_dir, "final.keras")
+        )
+        for name, arm in arms.items()
     }
     top5_figure(models, np.asarray(images), np.asarray(labels), info.class_names, path=path)
 
@@ -264,26 +338,37 @@ def main(argv):
         FLAGS.dataset_config = FLAGS.dataset_config or ["num_train=64", "num_test=32"]
         FLAGS.batch_size, FLAGS.eval_batches, FLAGS.timing_steps = 16, 1, 1
     FLAGS.output_dir = FLAGS.output_dir or ("runs/study_smoke" if FLAGS.smoke else "runs/study")
-    unknown = [a for a in FLAGS.arms if a not in ARMS]
-    if unknown:
-        print(f"error: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}", file=sys.stderr)
-        sys.exit(2)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
     try:
-        results = {arm: [run_arm(arm, seed) for seed in range(FLAGS.seeds)] for arm in FLAGS.arms}
+        arms = [Arm.parse(spec) for spec in FLAGS.arms]
+        recipe = study_recipe().validate()
+        os.makedirs(FLAGS.output_dir, exist_ok=True)
+        results = {arm.key: [] for arm in arms}
+        for seed in range(FLAGS.seeds):  # seed-major: every arm's first seed comes first
+            for arm in arms:
+                results[arm.key].append(run_arm(arm, seed, recipe))
     except ValueError as error:
         print(f"study.py: error: {error}", file=sys.stderr)
         sys.exit(2)
-    times = step_times(FLAGS.arms)
+    times = step_times(arms, recipe) if FLAGS.timing_steps else {}
     table = summarise(results, times)
-    with open(os.path.join(FLAGS.output_dir, "study.json"), "w", encoding="utf-8") as f:
-        json.dump({"flags": FLAGS.flag_values_dict(), "table": table}, f, indent=2, default=str)
-    text = markdown(table)
-    with open(os.path.join(FLAGS.output_dir, "study.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    atomic_write_json(
+        os.path.join(FLAGS.output_dir, "study.json"),
+        {"flags": FLAGS.flag_values_dict(), "recipe": dataclasses.asdict(recipe), "table": table},
+        default=str,
+    )
+    text = ""
+    for background in BACKGROUNDS:
+        rows = {k: v for k, v in table.items() if Arm.parse(k).background == background}
+        if rows:
+            text += f"\nBackground: {background}\n\n" + markdown(rows)
+    atomic_write_text(os.path.join(FLAGS.output_dir, "study.md"), text.lstrip("\n"))
     bar_chart(table, os.path.join(FLAGS.output_dir, "study.png"))
-    if {"baseline", "ach"} <= set(FLAGS.arms):
-        comparison_figure(os.path.join(FLAGS.output_dir, "attention_baseline_vs_icasc.png"))
+    keys = set(results)
+    for background in BACKGROUNDS:
+        if {Arm("baseline", (), background).key, Arm("ach", (), background).key} <= keys:
+            comparison_figure(
+                recipe, background, os.path.join(FLAGS.output_dir, f"attention_baseline_vs_icasc_{background}.png")
+            )
     print(text)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from scipy import stats
 
 from icasc_tf import ICASC
 from icasc_tf.evaluation import (
@@ -25,6 +26,7 @@ from icasc_tf.evaluation import (
     pointing_game,
     upsample_maps,
 )
+from icasc_tf.evaluation.statistics import difference_to_baseline
 from tests.nets import tiny_convnet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +57,20 @@ def test_ks_statistic_matches_counting():
     assert (expected, where) == pytest.approx((3 / 5 - 1 / 5, 0.72))  # F_c(0.72) = 1, F_t(0.72) = 3/5
     assert statistic == pytest.approx(expected)
     assert location == pytest.approx(where)
+
+
+def test_difference_to_baseline_is_welchs_interval_by_hand():
+    arm, baseline = [0.80, 0.82, 0.84], [0.70, 0.71, 0.75]
+    va, vb = np.var(arm, ddof=1) / 3, np.var(baseline, ddof=1) / 3  # squared standard errors
+    dof = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)  # Welch-Satterthwaite
+    half = stats.t.ppf(0.975, dof) * np.sqrt(va + vb)
+    got = difference_to_baseline(arm, baseline)
+    np.testing.assert_allclose(got["mean"], 0.10, rtol=1e-12)
+    np.testing.assert_allclose(got["ci"], [0.10 - half, 0.10 + half], rtol=1e-9)
+    assert got["verdict"] == "gain" and got["ci"][0] > 0
+    assert difference_to_baseline([0.7, 0.9], [0.8, 0.81])["verdict"] == "no difference"
+    assert difference_to_baseline(baseline, arm)["verdict"] == "loss"
+    assert difference_to_baseline([0.8], baseline) is None  # one run has no spread
 
 
 def test_ks_statistic_rejects_an_empty_side():

@@ -1,5 +1,7 @@
 """The ICASC model: per-sample correctness, second-order gradients, fit, distribution, saving."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -18,9 +20,27 @@ def _data(n=8, size=16, classes=5, seed=0):
     return rng.random((n, size, size, 3)).astype("float32"), rng.integers(0, classes, n)
 
 
+@functools.cache
+def _tap(model):
+    """The test's own tap: images -> (inner map, last map, logits), independent of ICASC's."""
+    backbone = model.backbone
+    return keras.Model(
+        backbone.input,
+        [backbone.get_layer(model.inner_layer).output, backbone.get_layer(model.last_layer).output,
+         backbone.output],
+    )
+
+
+def _head(model):
+    """The layers after the inner map: inner map -> (last map, logits)."""
+    backbone = model.backbone
+    inner, last = backbone.get_layer(model.inner_layer), backbone.get_layer(model.last_layer)
+    return keras.Model(inner.output, [last.output, backbone.output])
+
+
 # ----------------------------------------------------------------------- per-sample correctness
 def _terms(model, x, y, training):
-    terms = model._loss_terms(tf.constant(x), tf.constant(y, tf.int32), training=training, with_attention=True)
+    terms = model.per_sample_terms(tf.constant(x), tf.constant(y, tf.int32), training=training)
     return {k: v.numpy() for k, v in terms.items()}
 
 
@@ -29,7 +49,7 @@ def test_terms_match_numpy_reference_on_bn_free_net():
     model = ICASC(tiny_convnet(batch_norm=False), "inner", "last")
     x, y = _data()
     got = _terms(model, x, y, training=False)
-    tap = model._tap
+    tap = _tap(model)
     with tf.GradientTape(persistent=True) as tape:
         f_in, f_la, logits = tap(tf.constant(x))
         scores_t = tf.gather(logits, y, batch_dims=1)
@@ -76,25 +96,26 @@ def test_exact_mode_uses_per_sample_gradients_in_training_mode():
     x, y = _data()
     x = tf.constant(x)
     # Reference: one sample's score at a time, through the inference-mode head.
-    f_in, _, logits = exact._tap(x, training=True)
+    head = _head(exact)
+    f_in, _, logits = _tap(exact)(x, training=True)
     per_sample = []
     for b in range(len(y)):
         with tf.GradientTape() as tape:
             tape.watch(f_in)
-            _, scores = exact._head(f_in, training=False)
+            _, scores = head(f_in, training=False)
             score = scores[b, y[b]]
         per_sample.append(tape.gradient(score, f_in)[b])
     want = attention.channel_weighted_attention(f_in, tf.stack(per_sample)).numpy()
     # The same maps as the model builds them, read through its attention-map path.
     with tf.GradientTape() as tape:
         tape.watch(f_in)
-        _, scores = exact._head(f_in, training=False)
+        _, scores = head(f_in, training=False)
         total = tf.reduce_sum(tf.gather(scores, y, batch_dims=1))
     got = attention.channel_weighted_attention(f_in, tape.gradient(total, f_in)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
     # Training-mode BN: the summed gradient is not each sample's own gradient.
     with tf.GradientTape() as tape:
-        f_in2, _, logits2 = batch._tap(x, training=True)
+        f_in2, _, logits2 = _tap(batch)(x, training=True)
         total = tf.reduce_sum(tf.gather(logits2, y, batch_dims=1))
     summed = attention.channel_weighted_attention(f_in2, tape.gradient(total, f_in2)).numpy()
     rel = np.linalg.norm(summed - want) / np.linalg.norm(want)
@@ -102,14 +123,14 @@ def test_exact_mode_uses_per_sample_gradients_in_training_mode():
     # And the model's exact-mode terms are built from `want`: L_AC from the per-sample inner
     # target map and the mask of the (inference-mode) last-layer target map.
     with tf.GradientTape() as tape:
-        f_la, scores = exact._head(f_in, training=False)
+        f_la, scores = head(f_in, training=False)
         total = tf.reduce_sum(tf.gather(scores, y, batch_dims=1))
     a_la = attention.channel_weighted_attention(f_la, tape.gradient(total, f_la)).numpy()
     m_la = ref.mask(a_la.astype("float64"))
     m_in = tf.image.resize(m_la[..., None], want.shape[1:], method="bilinear")[..., 0].numpy()
-    terms = exact._loss_terms(x, tf.constant(y, tf.int32), training=True, with_attention=True)
+    terms = exact.per_sample_terms(x, tf.constant(y, tf.int32), training=True)
     np.testing.assert_allclose(terms["ac"].numpy(), ref.consistency(want.astype("float64"), m_in), rtol=1e-4, atol=1e-6)
-    batch_terms = batch._loss_terms(x, tf.constant(y, tf.int32), training=True, with_attention=True)
+    batch_terms = batch.per_sample_terms(x, tf.constant(y, tf.int32), training=True)
     assert np.abs(batch_terms["ac"].numpy() - terms["ac"].numpy()).max() > 1e-4
 
 
@@ -117,7 +138,7 @@ def test_exact_mode_uses_per_sample_gradients_in_training_mode():
 def _attention_loss(model, x, y, detach_gradients=False):
     """Sum of the three attention terms, optionally with dY/dF detached (the known port's bug)."""
     with tf.GradientTape(persistent=True) as tape:
-        f_in, f_la, logits = model._tap(x, training=True)
+        f_in, f_la, logits = _tap(model)(x, training=True)
         target = tf.cast(target_one_hot(y, model.num_classes, False), logits.dtype)
         conf = tf.cast(confusing_one_hot(target, logits), logits.dtype)
         st, sc = tf.reduce_sum(logits * target, -1), tf.reduce_sum(logits * conf, -1)
@@ -144,7 +165,7 @@ def test_second_order_gradient_matches_finite_differences():
     kernel = backbone.get_layer("conv2").kernel
 
     def model_loss():
-        terms = model._loss_terms(x, y, training=True, with_attention=True)
+        terms = model.per_sample_terms(x, y, training=True)
         return tf.reduce_mean(terms["as_inner"] + terms["as_last"] + terms["ac"])
 
     with tf.GradientTape() as tape:
@@ -172,6 +193,17 @@ def test_second_order_gradient_matches_finite_differences():
     # The second-order path matters: detaching dY/dF changes the gradient.
     rel = np.linalg.norm(analytic - first_order) / np.linalg.norm(analytic)
     assert rel > 0.05
+    # second_order=False is exactly that detached (first-order) gradient.
+    detached_model = ICASC(backbone, "inner", "last", mask_gradient=True, second_order=False)
+    with tf.GradientTape() as tape:
+        t = detached_model.per_sample_terms(x, y, training=True)
+        loss_first = tf.reduce_mean(t["as_inner"] + t["as_last"] + t["ac"])
+    np.testing.assert_allclose(loss_first.numpy(), loss.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        tape.gradient(loss_first, kernel).numpy(), first_order, rtol=1e-9,
+        atol=1e-9 * np.abs(first_order).max(),
+    )
+    assert ICASC.from_config(detached_model.get_config()).second_order is False
 
 
 def test_attention_losses_change_weight_gradients():
@@ -180,7 +212,7 @@ def test_attention_losses_change_weight_gradients():
     x, y = _data()
     x, y = tf.constant(x), tf.constant(y, tf.int32)
     with tf.GradientTape() as tape:
-        t = model._loss_terms(x, y, training=True, with_attention=True)
+        t = model.per_sample_terms(x, y, training=True)
         att = tf.reduce_mean(t["as_inner"] + t["as_last"] + t["ac"])
     grads = tape.gradient(att, backbone.trainable_variables)
     # dY/dF depends on conv2 and the logits layer: the attention terms reach them too.
@@ -207,13 +239,13 @@ def test_multilabel_model_trains_and_target_map_uses_all_positives():
     x = RNG.random((8, 16, 16, 3)).astype("float32")
     y = (RNG.random((8, 4)) > 0.5).astype("float32")
     y[0] = 1.0  # a sample whose every class is positive has no confusing class
-    terms = model._loss_terms(tf.constant(x), tf.constant(y), training=False, with_attention=True)
+    terms = model.per_sample_terms(tf.constant(x), tf.constant(y), training=False)
     np.testing.assert_allclose(terms["as_inner"][0].numpy(), 0.0)
     want_ce = ref.multilabel_soft_margin(y, model(x).numpy().astype("float64"))
     np.testing.assert_allclose(terms["classification_loss"].numpy(), want_ce, rtol=1e-5)
     # The target map is the map of the summed positive scores: rebuild L_AC from it.
     with tf.GradientTape(persistent=True) as tape:
-        f_in, f_la, logits = model._tap(tf.constant(x))
+        f_in, f_la, logits = _tap(model)(tf.constant(x))
         target_score = tf.reduce_sum(logits * y, axis=-1)
     a_in = ref.a_ch(f_in.numpy().astype("float64"), tape.gradient(target_score, f_in).numpy())
     a_la = ref.a_ch(f_la.numpy().astype("float64"), tape.gradient(target_score, f_la).numpy())

@@ -13,8 +13,9 @@ from icasc_tf.evaluation.attention_metrics import (
 )
 from icasc_tf.evaluation.ks_chart import ks_chart
 from icasc_tf.evaluation.statistics import ks_statistic, multilabel_scores
-from icasc_tf.model import ATTENTION_TERMS, ICASC
-from icasc_tf.selection import confusing_class
+from icasc_tf.method import ATTENTION_TERMS
+from icasc_tf.model import ICASC
+from icasc_tf.selection import confusing_class, probabilities
 
 SEPARATION_TERMS = ("classification_loss",) + ATTENTION_TERMS
 TEN_CROPS = 10
@@ -69,14 +70,13 @@ class _Pass:
         self.localization = {}
         self.original_probs, self.masked_probs = [], []
         self._terms_fn = tf.function(
-            lambda x, y: model._loss_terms(x, y, training=False, with_attention=True),
+            lambda x, y: model.per_sample_terms(x, y),
             reduce_retracing=True,
         )
         self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def _probabilities(self, logits):
-        logits = tf.cast(logits, tf.float32)
-        return tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits)
+        return probabilities(logits, self.multi_label)
 
     def _labels(self, labels):
         if self.multi_label:

@@ -67,3 +67,26 @@ def multilabel_scores(labels, probabilities, class_names=None):
         "roc_auc": roc_auc,
         "per_class_ap": dict(zip(names, per_class_ap)),
     }
+
+
+def difference_to_baseline(values, baseline_values, confidence=0.95):
+    """Mean difference of two groups of runs and its Welch-t confidence interval.
+
+    The study's question per arm: is it better than the baseline of the same recipe?
+    ``verdict`` is "gain" or "loss" only when the interval excludes zero. Needs at least
+    two runs per group (``None`` otherwise).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    baseline_values = np.asarray(baseline_values, dtype=np.float64)
+    if values.size < 2 or baseline_values.size < 2:
+        return None
+    test = stats.ttest_ind(values, baseline_values, equal_var=False)
+    low, high = (float(v) for v in test.confidence_interval(confidence))
+    verdict = "gain" if low > 0 else "loss" if high < 0 else "no difference"
+    return {
+        "mean": float(values.mean() - baseline_values.mean()),
+        "ci": [low, high],
+        "confidence": confidence,
+        "p": float(test.pvalue),
+        "verdict": verdict,
+    }

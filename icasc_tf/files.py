@@ -1,0 +1,25 @@
+"""Atomic file writes: a reader (or a resumed run) sees the old content or the new, never half."""
+
+import json
+import os
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, rename it over ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path, value, **kwargs):
+    atomic_write_text(path, json.dumps(value, indent=2, **kwargs))
+
+
+def atomic_save_model(model, path):
+    """``model.save`` into a temporary file, then rename over ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,93 @@
+"""Every place where ICASC works around a behaviour of a particular Keras (or TF) version.
+
+Each workaround names the behaviour it works around. They rely on Keras internals, so an
+import-time check warns when the installed Keras is not one they were tested with: if a
+private method was renamed, the override would silently stop applying.
+"""
+
+import contextlib
+import warnings
+
+import keras
+import tensorflow as tf
+
+TESTED_KERAS = ("3.15",)  # major.minor versions these workarounds were tested with
+LABEL_ERROR = "icasc_tf labels:"  # prefix of the in-graph label checks' messages
+
+
+def _check_keras_version():
+    minor = ".".join(keras.__version__.split(".")[:2])
+    if minor not in TESTED_KERAS:
+        warnings.warn(
+            f"icasc_tf's Keras workarounds (icasc_tf/keras_compat.py: the multi-worker symbolic "
+            f"build and [1]-shaped logs) were tested with Keras {', '.join(TESTED_KERAS)}; this is "
+            f"Keras {keras.__version__}. If multi-worker training fails, check them against it.",
+            stacklevel=2,
+        )
+    if not hasattr(keras.Model, "_maybe_symbolic_build"):
+        warnings.warn(
+            "keras.Model has no _maybe_symbolic_build in this Keras: ICASC's multi-worker "
+            "workaround no longer applies (icasc_tf/keras_compat.py).",
+            stacklevel=2,
+        )
+
+
+_check_keras_version()
+
+
+def multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.cluster_resolver is not None and bool(strategy.cluster_resolver.task_type)
+    )
+
+
+@contextlib.contextmanager
+def label_errors_as_value_errors():
+    """Label range checks run in the graph and fail as ``InvalidArgumentError`` with TF's
+    message text; surface them as the ``ValueError`` users expect, with our message only."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        if LABEL_ERROR not in error.message:
+            raise
+        detail = error.message.split(LABEL_ERROR, 1)[1].split("]", 1)[0].replace("\\'", "'")
+        raise ValueError(f"Bad labels:{detail} Fix the dataset's labels.") from None
+
+
+class KerasCompat:
+    """Mixin for ``keras.Model`` subclasses; put it before ``keras.Model`` in the bases."""
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Build metrics/optimizer from one replica's batch.
+
+        Keras 3.15's ``Trainer._maybe_symbolic_build`` averages a distributed batch over
+        replicas with ``strategy.reduce`` to build symbolically, which fails under
+        MultiWorkerMirroredStrategy (it cannot convert the PerReplica batch); one replica's
+        local batch has the same shapes. Reads Keras's private iterator protocol
+        (``for _, _, it in iterator``) of that version.
+        """
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0], next(it)
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def fit(self, *args, **kwargs):
+        with label_errors_as_value_errors():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with label_errors_as_value_errors():
+            return super().evaluate(*args, **kwargs)
+
+    @staticmethod
+    def distributable_logs(results):
+        """Keras 3.15 reduces logs across workers with ``reduce("MEAN", axis=0)``, which needs a
+        batch axis; our values are global already, so shaping them ``[1]`` loses nothing."""
+        if multi_worker(tf.distribute.get_strategy()):
+            return {k: tf.reshape(v, [1]) for k, v in results.items()}
+        return results

@@ -1,0 +1,33 @@
+"""Per-layer learning-rate multipliers (fine-tuning recipes: 10x on the new head).
+
+With SGD, scaling a variable's gradient by f multiplies its learning rate by f, so one
+optimizer serves every layer.
+"""
+
+
+class GradientScales:
+    """``{layer-name prefix: factor}`` turned into one factor per trainable variable."""
+
+    def __init__(self, multipliers=None):
+        self.multipliers = dict(multipliers or {})
+        self._cache = None  # (variable ids, factors): recomputed if the variables change
+
+    def factors(self, layers, variables):
+        key = tuple(id(v) for v in variables)
+        if self._cache is None or self._cache[0] != key:
+            factor_of = {}
+            for layer in layers:
+                factor = next((f for p, f in self.multipliers.items() if layer.name.startswith(p)), 1.0)
+                for variable in layer.trainable_variables:
+                    factor_of[id(variable)] = float(factor)
+            self._cache = (key, [factor_of.get(id(v), 1.0) for v in variables])
+        return self._cache[1]
+
+    def apply(self, layers, variables, gradients):
+        """The gradients, each times its variable's factor (``None`` stays ``None``)."""
+        if not self.multipliers:
+            return gradients
+        return [
+            g if g is None or s == 1.0 else g * s
+            for g, s in zip(gradients, self.factors(layers, variables))
+        ]

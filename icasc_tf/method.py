@@ -1,0 +1,104 @@
+"""ICASC in one screen (METHOD.md §1), as plain functions; ``ICASC`` wires them into Keras.
+
+One tapped forward pass gives the inner and last feature maps F and the logits; the
+gradients dY/dF of the target's and the most confusing class's scores give their
+attention maps at both layers; the last-layer target map gives a mask; three per-sample
+losses compare the maps inside it. Called under an outer ``tf.GradientTape``, the
+gradients dY/dF are themselves differentiated (second-order terms, §1.6), unless
+``second_order=False`` detaches them (first order: what the public PyTorch port computes).
+"""
+
+import tensorflow as tf
+
+from icasc_tf import losses as L
+from icasc_tf.selection import confusing_one_hot, target_one_hot
+
+ATTENTION_TERMS = ("as_inner", "as_last", "ac")
+
+
+def class_gradients(tap, images, choose, *, training, head=None, dtype=tf.float32):
+    """Feature maps, logits and, per class selection, dY/dF at both layers, from one forward pass.
+
+    ``tap(images)`` returns ``(f_inner, f_last, logits)``. ``choose(logits)`` returns
+    selectors ``[B, C]`` (one-hot or multi-hot; Y is the sum of the selected scores), one
+    ``(g_inner, g_last)`` pair each. With ``head`` (``bn_mode="exact"``), the scores are
+    recomputed from f_inner by the layers after it in inference mode, so each sample's
+    gradient is its own despite BatchNormalization (§1.1).
+    """
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(images)
+        f_inner, f_last, logits = tap(images, training=training)
+        scores = logits
+        if head is not None:
+            tape.watch(f_inner)
+            f_last, scores = head(f_inner, training=False)
+        scores = tf.cast(scores, dtype)
+        totals = [tf.reduce_sum(scores * tf.cast(s, dtype), axis=-1) for s in choose(logits)]
+    gradients = [tape.gradient(total, [f_inner, f_last]) for total in totals]
+    del tape
+    return f_inner, f_last, logits, gradients
+
+
+def attention_maps(attention, f_inner, f_last, gradients, dtype=tf.float32):
+    """One ``(inner, last)`` pair of maps ``[B, h, w]`` per ``(g_inner, g_last)`` pair."""
+    f_inner, f_last = tf.cast(f_inner, dtype), tf.cast(f_last, dtype)
+    return [
+        (attention(f_inner, tf.cast(g_inner, dtype)), attention(f_last, tf.cast(g_last, dtype)))
+        for g_inner, g_last in gradients
+    ]
+
+
+def separation_and_consistency(target, confusing, *, sigma=0.55, omega=100.0, theta=0.8, mask_gradient=False):
+    """L_AS^in, L_AS^la and L_AC per sample (ICCV Eqs. 3-5) from (inner, last) map pairs."""
+    (a_inner_t, a_last_t), (a_inner_c, a_last_c) = target, confusing
+    mask_last = L.target_mask(a_last_t, sigma=sigma, omega=omega)
+    mask_inner = L.resize_map(mask_last, tf.shape(a_inner_t)[1:3])
+    if not mask_gradient:  # the mask is a target (METHOD.md §1.4 decision)
+        mask_last, mask_inner = tf.stop_gradient(mask_last), tf.stop_gradient(mask_inner)
+    return {
+        "as_inner": L.attention_separation_loss(a_inner_t, a_inner_c, mask_inner),
+        "as_last": L.attention_separation_loss(a_last_t, a_last_c, mask_last),
+        "ac": L.attention_consistency_loss(a_inner_t, mask_inner, theta=theta),
+    }
+
+
+def attention_terms(tap, images, labels, *, attention, num_classes, multi_label, training,
+                    head=None, second_order=True, dtype=tf.float32, **mask_options):
+    """The per-sample attention terms ``{as_inner, as_last, ac}`` and the ``logits``.
+
+    ``mask_options``: ``sigma``, ``omega``, ``theta``, ``mask_gradient`` of
+    ``separation_and_consistency``.
+    """
+
+    def target_and_confusing(logits):
+        target = target_one_hot(labels, num_classes, multi_label)
+        return [target, confusing_one_hot(target, logits)]
+
+    f_inner, f_last, logits, gradients = class_gradients(
+        tap, images, target_and_confusing, training=training, head=head, dtype=dtype
+    )
+    if not second_order:
+        gradients = tf.nest.map_structure(tf.stop_gradient, gradients)
+    target, confusing = attention_maps(attention, f_inner, f_last, gradients, dtype)
+    terms = separation_and_consistency(target, confusing, **mask_options)
+    terms["logits"] = logits
+    return terms
+
+
+def classification_loss(labels, logits, multi_label, dtype=tf.float32):
+    """L_C per sample: softmax cross-entropy, or the multilabel soft margin."""
+    logits = tf.cast(logits, dtype)
+    if multi_label:
+        return L.multilabel_soft_margin_loss(labels, logits)
+    return L.softmax_cross_entropy_loss(labels, logits)
+
+
+def weighted_total(terms, weights, scale=1.0):
+    """Per-sample total (ICCV Eq. 6): L_C + scale * sum of the weighted attention terms.
+
+    Zero-weight terms stay out of the sum, and so out of the gradient graph.
+    """
+    attention = [w * terms[n] for n, w in zip(ATTENTION_TERMS, weights) if w > 0 and n in terms]
+    if not attention:
+        return terms["classification_loss"]
+    return terms["classification_loss"] + tf.cast(scale, terms["classification_loss"].dtype) * tf.add_n(attention)
