@@ -1,12 +1,54 @@
 """The backbone registry: shapes and layer names, options, preprocessing, weight files, ICASC."""
 
+import inspect
+import os
+import pathlib
+import socket
+import urllib.error
+
 import h5py
 import keras
 import numpy as np
 import pytest
+from keras.src.applications import resnet as keras_resnet_app
+from keras.src.applications import vgg19 as keras_vgg19_app
+from keras.src.legacy.saving import legacy_h5_format
+from keras.src.utils import file_utils
 
 from icasc_tf import ICASC
-from icasc_tf.backbones import BACKBONES, ImagePreprocess, build_backbone, load_pretrained_weights
+from icasc_tf.backbones import (
+    BACKBONES,
+    IMAGENET_WEIGHTS,
+    ImagePreprocess,
+    MissingWeightsError,
+    build_backbone,
+    check_weights,
+    imagenet_weights_path,
+    keras_cache_dir,
+    load_pretrained_weights,
+)
+
+SEED = 0
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state (weight initialisers, numpy, Python)."""
+    keras.utils.set_random_seed(SEED)
+
+
+def _assert_close(actual, desired, rtol=1e-4, scale=None):
+    """assert_allclose whose absolute tolerance is relative to the magnitudes compared.
+
+    ``scale``: the size of the terms that produced the values (float32 rounding grows with
+    them, not with the result, which may cancel to near 0); by default the largest value.
+    """
+    actual = np.asarray(actual, np.float64)
+    desired = np.asarray(desired, np.float64)
+    if scale is None:
+        scale = max(np.max(np.abs(actual), initial=0.0), np.max(np.abs(desired), initial=0.0))
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * float(scale) + 1e-30)
 
 # (name, options): every registered name, each family's variants, at 32x32 inputs.
 BUILDS = [
@@ -64,10 +106,13 @@ def test_backbone_shapes_and_layers(name, options):
     assert all(a[0] == 2 * b[0] and a[1] == 2 * b[1] for a, b in zip(sides, sides[1:])), sides
     for stage_name, stage in zip(names, stages):
         assert float(np.min(stage)) >= 0.0, f"{stage_name} is not a post-activation map"
-    # Global average pooling of the last map, then the head, gives the logits.
-    pooled = np.mean(np.asarray(stages[-1]), axis=(1, 2))
-    kernel, bias = head.get_weights()
-    np.testing.assert_allclose(pooled @ kernel + bias, logits, rtol=1e-4, atol=1e-4)
+    # Global average pooling of the last map, then the head, gives the logits. Untrained
+    # deep nets in inference mode reach logits of 1e8 (ResNet-110): tolerances scale with
+    # the sum of the magnitudes of the products, which bounds float32 rounding.
+    pooled = np.mean(np.asarray(stages[-1], np.float64), axis=(1, 2))
+    kernel, bias = (w.astype(np.float64) for w in head.get_weights())
+    magnitude = np.max(np.abs(pooled) @ np.abs(kernel) + np.abs(bias))
+    _assert_close(pooled @ kernel + bias, logits, rtol=1e-4, scale=magnitude)
 
 
 @pytest.mark.parametrize(
@@ -225,7 +270,7 @@ def test_legacy_name_addressed_file_loads_by_name(tmp_path):
 
 def test_weight_file_errors(tmp_path):
     model = build_backbone("resnet20", 10).model
-    with pytest.raises(FileNotFoundError, match="No weights file.*never downloads"):
+    with pytest.raises(FileNotFoundError, match="No weights file.*only weights='imagenet'"):
         load_pretrained_weights(model, tmp_path / "absent.weights.h5")
     (tmp_path / "notes.h5").write_text("not hdf5")
     with pytest.raises(ValueError, match="neither a .keras model nor an HDF5"):
@@ -259,7 +304,9 @@ def test_icasc_trains_one_step(name, options):
         assert np.isfinite(history.history[term][0]), term
     assert 0.0 <= history.history["as_inner"][0] <= 1.0
     after = backbone.model.trainable_weights
-    assert all(not np.allclose(a, b.numpy()) for a, b in zip(before, after))
+    # Every trainable weight moved (any change: a tolerance would depend on its scale).
+    unchanged = [w.path for a, w in zip(before, after) if np.array_equal(a, w.numpy())]
+    assert not unchanged, unchanged
 
 
 def test_icasc_saved_weights_load_into_a_bare_backbone(tmp_path):
@@ -270,3 +317,159 @@ def test_icasc_saved_weights_load_into_a_bare_backbone(tmp_path):
     report = load_pretrained_weights(target, tmp_path / "icasc.weights.h5")
     assert report["skipped"] == [] and "logits" in report["loaded"]
     _assert_same_weights(source.model, target)
+
+
+# --- weights="imagenet": keras.applications' files through the Keras cache, offline ------
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty KERAS_HOME and a network that fails like an offline machine's.
+
+    Keras resolves KERAS_HOME when it is imported; icasc_tf reads the variable when it
+    looks, so setting it here is enough. The download itself (``urlretrieve`` inside
+    ``keras.utils.get_file``) raises as a failed DNS lookup does, and counts its calls.
+    """
+    home = tmp_path / "keras_home"
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    calls = []
+
+    def offline(url, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    return home, calls
+
+
+def _write_legacy_h5_weights(model, path):
+    """What keras.applications' ``*_notop.h5`` files are: legacy HDF5 weights by layer name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as h5:
+        legacy_h5_format.save_weights_to_hdf5_group(h5, model)
+
+
+def _read_legacy_h5_weights(path):
+    """``{layer name: [arrays]}`` straight from the file."""
+    with h5py.File(path, "r") as h5:
+        out = {}
+        for name in h5.attrs["layer_names"]:
+            name = name.decode() if isinstance(name, bytes) else name
+            group = h5[name]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            if names:
+                out[name] = [np.asarray(group[n]) for n in names]
+    return out
+
+
+def test_imagenet_files_are_keras_applications_own():
+    vgg = IMAGENET_WEIGHTS["vgg19"]
+    assert vgg.origin == keras_vgg19_app.WEIGHTS_PATH_NO_TOP
+    assert vgg.origin.endswith("/" + vgg.file_name)
+    source = inspect.getsource(keras_vgg19_app.VGG19)
+    assert f'"{vgg.file_name}"' in source and f'"{vgg.file_hash}"' in source
+    for arch in ("resnet50", "resnet101"):
+        spec = IMAGENET_WEIGHTS[arch]
+        assert spec.file_name == f"{arch}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        assert spec.origin == keras_resnet_app.BASE_WEIGHTS_PATH + spec.file_name
+        assert spec.file_hash == keras_resnet_app.WEIGHTS_HASHES[arch][1]  # [1]: include_top=False
+    assert set(IMAGENET_WEIGHTS) == {"vgg19", "resnet50", "resnet101"}
+
+
+@pytest.mark.parametrize("arch", ["vgg19", "resnet50", "resnet101"])
+def test_imagenet_file_is_found_in_the_keras_cache(keras_home, arch, caplog):
+    home, calls = keras_home
+    assert keras_cache_dir() == str(home / "models")
+    cached = home / "models" / IMAGENET_WEIGHTS[arch].file_name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"placeholder")
+    assert imagenet_weights_path(arch) == str(cached)
+    assert calls == []  # a cached file is never downloaded again, even if its md5 differs
+    assert f"md5 differs from keras.applications' {IMAGENET_WEIGHTS[arch].file_hash}" in caplog.text
+
+
+def test_keras_cache_dir_without_keras_home_is_keras_own(monkeypatch):
+    from keras.src.backend import config as keras_config
+
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    expected = keras_config.keras_home()
+    if os.access(expected, os.W_OK):
+        assert keras_cache_dir() == os.path.join(expected, "models")
+
+
+@pytest.mark.parametrize("arch", ["vgg19", "resnet50"])
+def test_imagenet_weights_load_from_the_keras_cache(keras_home, arch):
+    home, calls = keras_home
+    application = {"vgg19": keras.applications.VGG19, "resnet50": keras.applications.ResNet50}
+    source = application[arch](include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = home / "models" / IMAGENET_WEIGHTS[arch].file_name
+    _write_legacy_h5_weights(source, path)
+    # The file is in the format keras.applications itself loads (weights=<path>).
+    application[arch](include_top=False, weights=str(path), input_shape=(32, 32, 3))
+    stored = _read_legacy_h5_weights(path)
+
+    backbone = build_backbone(arch, 10, input_shape=(32, 32, 3), weights="imagenet")
+    model = backbone.model
+    assert calls == []
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.name in stored for layer in convs)
+    for layer in model.layers:
+        if layer.weights and layer.name != "logits":
+            for value, expected in zip(layer.get_weights(), stored[layer.name], strict=True):
+                np.testing.assert_array_equal(value, expected)
+    kernel = stored[convs[0].name][0]
+    assert np.std(kernel) > 0  # real (random-initialised) values, not zeros or ones
+    assert model.get_layer("logits").get_weights()[0].shape == (
+        model.get_layer(backbone.last_layer).output.shape[-1], 10,
+    )
+
+
+def test_imagenet_offline_error_names_file_folder_and_origin(keras_home):
+    home, calls = keras_home
+    spec = IMAGENET_WEIGHTS["vgg19"]
+    with pytest.raises(MissingWeightsError) as caught:
+        build_backbone("vgg19", 10, weights="imagenet")
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert spec.file_name in message and spec.origin in message
+    assert f"put it in {home / 'models'}/" in message
+    assert "Temporary failure in name resolution" in message
+    assert calls == [spec.origin]  # one attempt, no retries
+    assert not (home / "models" / spec.file_name).exists()  # no partial file left behind
+
+
+UNAVAILABLE = "not available for backbone '{}'.*vgg19, resnet50, resnet101.*Pretrained weights.*docs/weights.md"
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [("resnet18", {}), ("resnet34", {"stem": "imagenet"}), ("resnet20", {}), ("wrn", {})],
+)
+def test_imagenet_unavailable_points_to_the_conversion_recipe(keras_home, name, options):
+    _, calls = keras_home
+    with pytest.raises(ValueError, match=UNAVAILABLE.format(name)):
+        check_weights(name, "imagenet")
+    with pytest.raises(ValueError, match=UNAVAILABLE.format(name)):
+        build_backbone(name, 10, weights="imagenet", **options)
+    assert calls == []
+    assert (REPO / "docs" / "weights.md").is_file()
+    assert "### Pretrained weights" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_check_weights(keras_home, tmp_path):
+    _, calls = keras_home
+    for arch in ("vgg19", "resnet50", "resnet101"):
+        assert check_weights(arch, "imagenet", input_shape=(64, 48, 3)) is None
+    assert check_weights("resnet20", None) is None
+    assert check_weights("resnet20", "") is None
+    (tmp_path / "w.h5").write_bytes(b"")
+    assert check_weights("resnet20", tmp_path / "w.h5") is None
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg16'"):
+        check_weights("vgg16", "imagenet")
+    with pytest.raises(ValueError, match="needs 3-channel.*\\(32, 32, 1\\)"):
+        check_weights("resnet50", "imagenet", input_shape=(32, 32, 1))
+    with pytest.raises(ValueError, match="needs 3-channel"):
+        build_backbone("resnet50", 10, input_shape=(32, 32, 1), preprocess="none", weights="imagenet")
+    with pytest.raises(FileNotFoundError, match="No weights file.*absent.h5"):
+        check_weights("resnet20", tmp_path / "absent.h5")
+    assert calls == []  # validation never downloads

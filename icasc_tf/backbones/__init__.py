@@ -12,19 +12,31 @@ import dataclasses
 import functools
 import logging
 import numbers
+import os
 
 import keras
 
-from icasc_tf.backbones import keras_apps, resnets
+from icasc_tf.backbones import imagenet, keras_apps, resnets
+from icasc_tf.backbones.imagenet import (
+    IMAGENET_WEIGHTS,
+    MissingWeightsError,
+    imagenet_weights_path,
+    keras_cache_dir,
+)
 from icasc_tf.backbones.preprocessing import PREPROCESS_MODES, ImagePreprocess
 from icasc_tf.backbones.weights import HEAD_LAYER, load_pretrained_weights
 
 __all__ = [
     "BACKBONES",
+    "IMAGENET_WEIGHTS",
     "PREPROCESS_MODES",
     "Backbone",
     "ImagePreprocess",
+    "MissingWeightsError",
     "build_backbone",
+    "check_weights",
+    "imagenet_weights_path",
+    "keras_cache_dir",
     "load_pretrained_weights",
 ]
 
@@ -84,6 +96,58 @@ def _check_input_shape(input_shape):
     return tuple(None if s is None else int(s) for s in shape)
 
 
+def _unknown_backbone(name):
+    return ValueError(f"Unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}.")
+
+
+def _is_imagenet(weights):
+    return isinstance(weights, str) and weights == imagenet.IMAGENET
+
+
+def _is_unset(weights):
+    return weights is None or (isinstance(weights, str) and not weights)
+
+
+def check_weights(arch, weights, input_shape=None):
+    """Validate ``weights`` for backbone ``arch`` without building or downloading anything.
+
+    ``weights``: None or "" (random initialisation), "imagenet" (keras.applications'
+    ImageNet weights: vgg19, resnet50 and resnet101 only, 3-channel inputs) or the path
+    of a local weights file. ``input_shape``, when given, is checked against "imagenet"'s
+    3 channels. Raises ValueError (unknown backbone, no ImageNet weights for ``arch``, not
+    3 channels) or FileNotFoundError (a path that is not a file).
+    """
+    if arch not in _REGISTRY:
+        raise _unknown_backbone(arch)
+    if _is_unset(weights):
+        return
+    if _is_imagenet(weights):
+        if arch not in IMAGENET_WEIGHTS:
+            raise ValueError(imagenet.unavailable_message(arch))
+        if input_shape is not None:
+            imagenet.check_channels(arch, input_shape)
+        return
+    if not os.path.isfile(os.fspath(weights)):
+        raise FileNotFoundError(
+            f"No weights file at {os.fspath(weights)!r}. Pass a local .keras, .weights.h5 or "
+            f".h5 file, or weights='imagenet' ({', '.join(IMAGENET_WEIGHTS)} only)."
+        )
+
+
+def _load_imagenet(model, name):
+    """keras.applications' ImageNet weights into every layer but the head, or an error."""
+    path = imagenet_weights_path(name)
+    report = load_pretrained_weights(model, path, skip_head=True)
+    body_gaps = [n for n in report["missing"] + report["skipped"] if n != HEAD_LAYER]
+    if body_gaps:
+        raise ValueError(
+            f"{path!r} does not cover {name!r}: no matching weights for {body_gaps[:5]} "
+            f"({len(body_gaps)} layers). It is not keras.applications' {name} file; delete "
+            "it from the cache and try again."
+        )
+    return path, report
+
+
 def _apply_weight_decay(model, weight_decay):
     """L2 on every conv/dense kernel, scaled so that its gradient is ``weight_decay * w``.
 
@@ -116,11 +180,16 @@ def build_backbone(name, num_classes, input_shape=(32, 32, 3), weights=None, **o
       stem (resnet18/34): "cifar" | "imagenet"; default "cifar" below 64 pixels.
       depth, width, style, dropout (wrn): WRN-depth-width; style "cifar" (default below
         64 pixels; WRN-28-10) or "imagenet" (WRN-50-2); dropout for style "cifar".
-    weights: path of a local ``.keras`` / ``.weights.h5`` / ``.h5`` file, loaded with
-      ``load_pretrained_weights(..., skip_head=True)``.
+    weights: None (random initialisation); "imagenet" for vgg19, resnet50 and resnet101:
+      keras.applications' ImageNet ``*_notop.h5`` file from the Keras cache
+      (``$KERAS_HOME/models``, else ``~/.keras/models``), downloaded with
+      ``keras.utils.get_file`` if absent (``MissingWeightsError`` when that fails); or the
+      path of a local ``.keras`` / ``.weights.h5`` / ``.h5`` file, loaded with
+      ``load_pretrained_weights(..., skip_head=True)``. ``check_weights`` validates it
+      up front.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}.")
+        raise _unknown_backbone(name)
     family, allowed = _REGISTRY[name]
     unknown = sorted(set(options) - set(allowed) - set(_COMMON_OPTIONS))
     if unknown:
@@ -131,15 +200,26 @@ def build_backbone(name, num_classes, input_shape=(32, 32, 3), weights=None, **o
     if not _is_positive_int(num_classes):
         raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
     weight_decay = float(options.pop("weight_decay", 0.0))
-    inputs = keras.Input(_check_input_shape(input_shape), name="image")
+    input_shape = _check_input_shape(input_shape)
+    check_weights(name, weights, input_shape)
+    inputs = keras.Input(input_shape, name="image")
     trunk = family(inputs, name=name, **options)
     pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(trunk.features)
     # float32 head: logits stay full precision under a mixed-precision policy.
     logits = keras.layers.Dense(int(num_classes), name=HEAD_LAYER, dtype="float32")(pooled)
     model = keras.Model(inputs, logits, name=name)
     _apply_weight_decay(model, weight_decay)
-    if weights is not None:
+    report = None
+    if _is_imagenet(weights):
+        if options.get("preprocess", "caffe") != "caffe":
+            _log.warning(
+                "%s: keras.applications' ImageNet weights expect preprocess='caffe'; got %r.",
+                name, options["preprocess"],
+            )
+        weights, report = _load_imagenet(model, name)
+    elif not _is_unset(weights):
         report = load_pretrained_weights(model, weights, skip_head=True)
+    if report is not None:
         _log.info(
             "%s: loaded %d layers from %s; skipped %s; missing %s",
             name, len(report["loaded"]), weights, report["skipped"], report["missing"],

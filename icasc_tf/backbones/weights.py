@@ -1,4 +1,5 @@
-"""Copy weights from a local file into a backbone, layer by layer; nothing is downloaded.
+"""Copy weights from a local file into a backbone, layer by layer; nothing is downloaded here
+(``weights="imagenet"`` fetches keras.applications' files first: see ``imagenet.py``).
 
 Two kinds of files exist, and they address layers differently:
 - legacy HDF5 (keras.applications' ``*_notop.h5`` files, ``model.save("x.h5")``): by
@@ -146,8 +147,8 @@ def load_pretrained_weights(model, path, *, skip_head=True):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"No weights file at {path!r}. Pass a local .keras, .weights.h5 or .h5 file; "
-            "icasc_tf never downloads weights."
+            f"No weights file at {path!r}. Pass a local .keras, .weights.h5 or .h5 file "
+            "(only weights='imagenet' is downloaded, for vgg19, resnet50 and resnet101)."
         )
     source, unused = _source_weights(model, path)
     plan, skipped, missing = [], [], []
