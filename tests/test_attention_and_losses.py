@@ -8,6 +8,13 @@ from icasc_tf import attention, losses
 from tests import reference as ref
 
 RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rng():
+    """Each test draws the same numbers whatever ran before it in this worker."""
+    global RNG
+    RNG = np.random.default_rng(0)
 FUNCTIONS = [
     (attention.grad_cam, ref.grad_cam),
     (attention.channel_weighted_attention, ref.a_ch),

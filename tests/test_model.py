@@ -112,7 +112,7 @@ def test_exact_mode_uses_per_sample_gradients_in_training_mode():
         _, scores = head(f_in, training=False)
         total = tf.reduce_sum(tf.gather(scores, y, batch_dims=1))
     got = attention.channel_weighted_attention(f_in, tape.gradient(total, f_in)).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     # Training-mode BN: the summed gradient is not each sample's own gradient.
     with tf.GradientTape() as tape:
         f_in2, _, logits2 = _tap(batch)(x, training=True)
@@ -299,8 +299,8 @@ def test_lr_multipliers_scale_gradients():
     step1, conv1_a = run(None)
     step10, conv1_b = run({"logits": 10.0})
     assert np.abs(step1).max() > 1e-3
-    np.testing.assert_allclose(step10, 10 * step1, rtol=1e-3, atol=2e-6)
-    np.testing.assert_allclose(conv1_a, conv1_b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(step10, 10 * step1, rtol=1e-3, atol=1e-4 * np.abs(step10).max())
+    np.testing.assert_allclose(conv1_a, conv1_b, rtol=1e-5, atol=1e-5 * np.abs(conv1_a).max())
 
 
 def test_two_replicas_update_equals_one_device_update():
@@ -323,9 +323,9 @@ def test_two_replicas_update_equals_one_device_update():
             ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
         )
     )
-    assert not np.allclose(one[0], weights[0])  # a real update happened
+    assert np.abs(one[0] - weights[0]).max() > 1e-3 * np.abs(weights[0]).max()  # a real update
     for a, b in zip(one, two):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
     for name in ("loss", "as_inner", "accuracy"):
         np.testing.assert_allclose(h1[name], h2[name], rtol=1e-5)
 

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -53,7 +52,7 @@ def test_overlay_rescales_mean_subtracted_images_and_rejects_bad_input():
         overlay(image, np.ones((1, 4, 4)))
 
 
-def test_render_panel_size_deterministic_framed_and_fast():
+def test_render_panel_size_deterministic_and_framed():
     rng = np.random.default_rng(1)
     tiles = [(f"class {i}\n0.{i}", rng.random((4, 4)), "overlay") for i in range(5)]
     panel = render_panel(rng.random((32, 32, 3)), tiles, title="model\ntrue: 3", framed=[1])
@@ -71,10 +70,6 @@ def test_render_panel_size_deterministic_framed_and_fast():
     # Captions are drawn: the caption band is not blank above each tile.
     for column in range(6):
         assert panel[:CAPTION, column * CELL : (column + 1) * CELL].min() < 128
-    start = time.perf_counter()
-    for _ in range(3):
-        render_panel(rng.random((32, 32, 3)), tiles, title="t", framed=[0])
-    assert (time.perf_counter() - start) / 3 < 0.5  # the TensorBoard callback draws many
 
 
 def test_render_panel_mask_is_grey_and_box_is_outlined():
