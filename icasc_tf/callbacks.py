@@ -4,6 +4,7 @@ learning rate in the logs, and attention maps as TensorBoard images."""
 import glob
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -16,34 +17,105 @@ from icasc_tf.losses import target_mask
 from icasc_tf.selection import confusing_class, probabilities
 
 
-class ResumableCheckpoint(keras.callbacks.Callback):
-    """Weights + optimizer state + epoch, saved at each epoch end, atomically.
+class RunPosition(keras.callbacks.Callback):
+    """Where the run is: the epoch (from 0) and the steps done in it, across ``fit`` calls.
 
-    Each checkpoint is a folder ``epoch-NNNN`` written under a temporary name and renamed
-    when complete, so a run killed at any instant finds the last complete one. Older
-    checkpoints beyond ``keep`` are deleted after the new one is in place.
+    Keras numbers the batches of each ``fit`` call from 0, and a run resumed in the middle
+    of epoch E starts that epoch at step S: ``start(E, S)`` says so before training. The
+    callbacks that need the run's own step count (step checkpoints, TensorBoard, warm-up)
+    read ``epoch``, ``step`` and ``global_step`` here. It must come first in the callback
+    list, so that the others see the step that has just been trained.
+
+    ``global_step`` counts train steps taken, epochs x steps_per_epoch + step; it equals
+    ``optimizer.iterations`` except under a loss-scale optimizer, which skips the steps
+    whose gradients overflow.
     """
 
-    def __init__(self, directory, keep=2, write=True):
+    def __init__(self, steps_per_epoch):
         super().__init__()
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epoch = 0
+        self.step = 0
+        self._start = (0, 0)
+        self._offset = 0
+
+    def start(self, epoch, step=0):
+        self._start = (int(epoch), int(step))
+        self.epoch, self.step = self._start
+
+    @property
+    def global_step(self):
+        return self.epoch * self.steps_per_epoch + self.step
+
+    @property
+    def epoch_complete(self):
+        return self.step >= self.steps_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self._offset = self._start[1] if epoch == self._start[0] else 0
+        self.step = self._offset
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = self._offset + batch + 1
+
+
+_CHECKPOINT = re.compile(r"^epoch-(\d{4,})(?:-step-(\d+))?$")
+
+
+class ResumableCheckpoint(keras.callbacks.Callback):
+    """Weights + optimizer state + position, saved at each epoch end (and every N steps), atomically.
+
+    A checkpoint is a folder, ``epoch-NNNN`` after NNNN complete epochs or
+    ``epoch-NNNN-step-SSSSSSSS`` after NNNN epochs and SSSSSSSS steps of the next one, written
+    under a temporary name and renamed when complete, so a run killed at any instant finds
+    the last complete one. Once a new one is in place, all but the newest ``keep`` are
+    deleted. ``every`` > 0 adds the step checkpoints (it needs ``position``, the run's
+    ``RunPosition``). An epoch cut short (a NaN loss, a callback that stops training) and a
+    non-finite loss are not checkpointed: resuming would start from them.
+    """
+
+    def __init__(self, directory, keep=2, write=True, every=0, position=None):
+        super().__init__()
+        if every and position is None:
+            raise ValueError("ResumableCheckpoint(every=N) needs the run's RunPosition.")
         self.directory = directory
         self.keep = keep
         self.write = write  # False on non-chief workers: they take part but do not write
+        self.every = int(every)
+        self.position = position
+
+    def checkpoints(self):
+        """Complete checkpoints, oldest first, as ((epochs_done, step), path)."""
+        found = []
+        for path in glob.glob(os.path.join(self.directory, "epoch-*")):
+            match = _CHECKPOINT.match(os.path.basename(path))
+            if match and os.path.isdir(path):
+                found.append(((int(match.group(1)), int(match.group(2) or 0)), path))
+        return sorted(found)
+
+    def latest(self):
+        done = self.checkpoints()
+        return done[-1][1] if done else None
+
+    def saved_position(self):
+        """(epochs done, steps done in the next epoch) of the latest checkpoint; (0, 0) if none."""
+        latest = self.latest()
+        if latest is None:
+            return 0, 0
+        with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        return int(saved["epochs_done"]), int(saved.get("step", 0))
 
     def epochs_done(self):
         """Epochs finished by the latest checkpoint (0 if none), read without a model."""
-        latest = self.latest()
-        if latest is None:
-            return 0
-        with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
-            return int(json.load(f)["epochs_done"])
-
-    def latest(self):
-        done = sorted(glob.glob(os.path.join(self.directory, "epoch-[0-9][0-9][0-9][0-9]")))
-        return done[-1] if done else None
+        return self.saved_position()[0]
 
     def restore(self, model):
-        """Load the latest checkpoint into ``model``; return the epoch to resume from."""
+        """Load the latest checkpoint into ``model``; return the epoch to resume from.
+
+        ``saved_position()`` tells the step within that epoch (a step checkpoint).
+        """
         latest = self.latest()
         if latest is None:
             return 0
@@ -63,24 +135,38 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             model.optimizer.load_own_variables(state)
         return self.epochs_done()
 
+    def on_train_batch_end(self, batch, logs=None):
+        position = self.position
+        if not (self.write and self.every) or position.epoch_complete or position.step % self.every:
+            return  # the epoch checkpoint follows the epoch's last step
+        if _finite_loss(logs):
+            self._save(position.epoch, position.step, logs)
+
     def on_epoch_end(self, epoch, logs=None):
-        if not self.write:
-            return
+        complete = self.position is None or self.position.epoch_complete
+        if self.write and complete and _finite_loss(logs):
+            self._save(epoch + 1, 0, logs)
+
+    def _save(self, epochs_done, step, logs):
         os.makedirs(self.directory, exist_ok=True)
-        final = os.path.join(self.directory, f"epoch-{epoch + 1:04d}")
+        name = f"epoch-{epochs_done:04d}" + (f"-step-{step:08d}" if step else "")
+        final = os.path.join(self.directory, name)
         tmp = f"{final}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in glob.glob(os.path.join(self.directory, "*.tmp-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run (one chief writes)
         os.makedirs(tmp)
         self.model.save_weights(os.path.join(tmp, "state.weights.h5"))
         store = {}
         self.model.optimizer.save_own_variables(store)
         np.savez(os.path.join(tmp, "optimizer.npz"), **store)
+        position = {"epochs_done": epochs_done, "step": step}
+        if self.position is not None:
+            position["steps_per_epoch"] = self.position.steps_per_epoch
         with open(os.path.join(tmp, "epoch.json"), "w", encoding="utf-8") as f:
-            json.dump({"epochs_done": epoch + 1, "logs": _floats(logs)}, f)
+            json.dump({**position, "logs": _floats(logs)}, f)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        done = sorted(glob.glob(os.path.join(self.directory, "epoch-[0-9][0-9][0-9][0-9]")))
-        for old in done[: -self.keep]:
+        for _, old in self.checkpoints()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -123,20 +209,25 @@ class AttentionWarmup(keras.callbacks.Callback):
 
     The attention maps of an untrained network point anywhere; weighting their losses
     fully from step 1 lets them lock in arbitrary regions before the classifier has
-    learnt anything (see BUILD_NOTES.md, the study).
+    learnt anything (see BUILD_NOTES.md, the study). With the run's ``RunPosition`` the
+    ramp follows the run's own step count, so a run resumed mid-epoch keeps its place.
     """
 
-    def __init__(self, epochs, steps_per_epoch):
+    def __init__(self, epochs, steps_per_epoch, position=None):
         super().__init__()
         self.total = max(float(epochs) * steps_per_epoch, 1.0)
         self.steps_per_epoch = steps_per_epoch
+        self.position = position
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = self._epoch * self.steps_per_epoch + batch + 1
+        if self.position is not None:
+            step = self.position.global_step + 1
+        else:
+            step = self._epoch * self.steps_per_epoch + batch + 1
         self.model.attention_scale.assign(min(1.0, step / self.total))
 
     def on_train_batch_end(self, batch, logs=None):
@@ -147,16 +238,27 @@ class AttentionWarmup(keras.callbacks.Callback):
 
 
 class AttentionImages(keras.callbacks.Callback):
-    """Each epoch, a panel per fixed validation image in TensorBoard.
+    """At each epoch end, a panel per fixed validation image in TensorBoard (and every N steps).
 
     Tiles: the image; the ground-truth class's and the most confusing class's maps at
     the inner and last layers, overlaid; the target mask; with painless attention, each
     head's mask and the gate values. Tags ``attention/00``, ``attention/01``... sort in
-    image order; the step is the epoch.
+    image order; their step is the number of epochs done (1 after the first). With
+    ``every`` = N > 0 (and the run's ``RunPosition``), the panels are also written every N
+    train steps under ``attention_steps/00``..., whose step is the run's train step.
+
+    Writes are wrapped in ``tf.summary.record_if(True)``: a recording condition set by
+    another callback (Keras's ``TensorBoard(update_freq=N)`` sets one for all of ``fit``)
+    must not drop them. The writer stays open across ``fit`` calls; ``close()`` it.
     """
 
-    def __init__(self, log_dir, images, labels, class_names, multi_label=False, display=None):
+    def __init__(self, log_dir, images, labels, class_names, multi_label=False, display=None,
+                 every=0, position=None):
         super().__init__()
+        if every and position is None:
+            raise ValueError("AttentionImages(every=N) needs the run's RunPosition.")
+        self.every = int(every)
+        self.position = position
         self.log_dir = log_dir
         self.images = np.asarray(images, np.float32)
         self.labels = np.asarray(labels)
@@ -212,18 +314,31 @@ class AttentionImages(keras.callbacks.Callback):
     def _name(self, index):
         return self.class_names[index] if index < len(self.class_names) else str(index)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _write(self, prefix, step):
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "attention"))
         panels = self._panels()
-        with self._writer.as_default():
+        with self._writer.as_default(), tf.summary.record_if(True):
             for i, panel in enumerate(panels):
-                tf.summary.image(f"attention/{i:02d}", panel[None], step=epoch + 1)
+                tf.summary.image(f"{prefix}/{i:02d}", panel[None], step=step)
         self._writer.flush()
 
-    def on_train_end(self, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every and self.position.global_step % self.every == 0:
+            self._write("attention_steps", self.position.global_step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write("attention", epoch + 1)
+
+    def close(self):
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
+
+
+def _finite_loss(logs):
+    loss = (logs or {}).get("loss")
+    return loss is None or bool(np.all(np.isfinite(loss)))
 
 
 def _floats(logs):

@@ -74,8 +74,13 @@ class TrainConfig:
     jit_compile: bool = _opt(False, "XLA-compile the train step.")
     steps_per_epoch: int = _opt(0, "Steps per epoch; 0 = one pass over the training split.")
     eval_steps: int = _opt(0, "Validation steps; 0 = the whole split.")
-    summary_every: int = _opt(50, "TensorBoard scalars every N steps (and every epoch).")
+    summary_every: int = _opt(50, "TensorBoard batch scalars every N steps (epoch scalars, the learning rate "
+                              "and the attention images are written at every epoch end regardless).")
     attention_images: int = _opt(6, "Validation images in the TensorBoard attention grid (0 = off).")
+    attention_images_every: int = _opt(0, "Also write the attention images every N steps during an epoch "
+                                       "(tag attention_steps/NN, step = optimizer steps); 0 = at epoch ends only.")
+    checkpoint_every: int = _opt(0, "Also checkpoint (weights, optimizer, position) every N steps, so a killed run "
+                                 "resumes mid-epoch; 0 = at epoch ends only.")
     overwrite: bool = _opt(False, "Move an existing finished run in model_dir aside and start again.")
     verbose: int = _opt(1, "Keras progress: 1 bar, 2 one line per epoch, 0 silent.")
 
@@ -109,7 +114,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive; got {getattr(self, name)}.")
         for name in ("steps_per_epoch", "eval_steps", "image_size", "painless_depth", "attention_images",
-                     "lr_step_every", "weight_decay", "momentum", "painless_gamma", "attention_warmup"):
+                     "attention_images_every", "checkpoint_every", "lr_step_every", "weight_decay", "momentum", "painless_gamma", "attention_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0; got {getattr(self, name)}.")
         for f in dataclasses.fields(self):
@@ -134,8 +139,9 @@ class TrainConfig:
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
-    def to_flagfile(self):
-        lines = []
+    def to_flagfile(self, header=()):
+        """The options as a flagfile (``--flagfile=`` repeats the run); ``header``: comment lines."""
+        lines = [f"# {line}" for line in header]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, list):
@@ -160,7 +166,7 @@ def _number(text):
 # rate schedule depends on it).
 NOT_PART_OF_RUN = (
     "overwrite", "verbose", "model_dir", "data_dir", "manual_dir", "strategy",
-    "summary_every", "attention_images",
+    "summary_every", "attention_images", "attention_images_every", "checkpoint_every",
 )
 
 

@@ -4,7 +4,9 @@
 lives in ``config.model_dir``:
 
     config.json, flags.txt   the resolved options (``--flagfile=flags.txt`` repeats the run)
-    checkpoints/epoch-NNNN/  weights + optimizer state per epoch (atomic); resumes from here
+    checkpoints/epoch-NNNN[-step-SSSSSSSS]/
+                             weights + optimizer state + position, per epoch and every
+                             --checkpoint_every steps (atomic); resumes from here
     best.keras, final.keras  the best model on the eval split, the last one
     logs/                    TensorBoard: scalars (train/validation), attention images
     metrics.json             final evaluation and the history; its presence marks the run done
@@ -27,10 +29,12 @@ from icasc_tf.callbacks import (
     BestModel,
     LearningRateLogger,
     ResumableCheckpoint,
+    RunPosition,
 )
 from icasc_tf.config import NOT_PART_OF_RUN, TrainConfig
 from icasc_tf.files import atomic_save_model, atomic_write_json, atomic_write_text
 from icasc_tf.model import ICASC
+from icasc_tf.summaries import TrainingSummaries
 
 _log = logging.getLogger(__name__)
 HEAD_LAYER_PREFIXES = ("logits", painless.PREFIX)
@@ -109,7 +113,7 @@ def check_model_dir(config):
     )
 
 
-def write_run_files(config, action):
+def write_run_files(config, action, recipe=None):
     """Chief only, once the model is built: move an old run aside, record the options."""
     path = config.model_dir
     if action == "move_aside":
@@ -118,12 +122,87 @@ def write_run_files(config, action):
         _log.warning("Moved the previous run in %s to %s.", path, aside)
     os.makedirs(path, exist_ok=True)
     atomic_write_text(os.path.join(path, "config.json"), config.to_json())
-    atomic_write_text(os.path.join(path, "flags.txt"), config.to_flagfile())
+    header = ["The resolved options of this run: --flagfile=flags.txt repeats it."]
+    if recipe:
+        header.append(recipe)
+    atomic_write_text(os.path.join(path, "flags.txt"), config.to_flagfile(header))
 
 
 # ----------------------------------------------------------------------------- pieces
-def load_data(config, num_replicas, epochs_done=0):
-    """Train and eval pipelines; a resumed run draws new shuffles instead of replaying epoch 0's."""
+def pass_seed(seed, index):
+    """The seed of pass ``index`` over the training split: its order and augmentation draws.
+
+    Pass 0 uses ``seed`` itself; later passes a hash of (seed, index), so no two passes of
+    any two seeds share a seed in practice.
+    """
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**32, index]).generate_state(1)[0] >> 1)
+
+
+class TrainingStream:
+    """A run's training batches: passes over the training split, pass p ordered by (seed, p).
+
+    Batch g of the run (counted from 0 over all epochs) is batch g % P of pass g // P, P being
+    the batches in one pass (the split's examples // batch_size; the last partial batch is
+    dropped). Epoch e trains batches e * steps ... (e + 1) * steps - 1, so without
+    --steps_per_epoch epoch e is pass e. Each pass is its own ``load_dataset`` pipeline
+    seeded with ``pass_seed(seed, p)``, so the order of any batch depends on (seed, g) alone
+    and a run resumed at epoch E, step S rebuilds E's passes and skips the S batches it has
+    trained. With ``replay`` the pipeline's element order is deterministic (tf.data
+    ``deterministic``; ops are not made deterministic by it), so the replay is exact.
+    Without it tf.data's parallel maps may reorder neighbouring examples, as in any run.
+    """
+
+    def __init__(self, config, replay=False):
+        self.config = config
+        self.replay = replay
+        _, self.info = self._pass(0)
+        self.batches_per_pass = self.info.num_examples // config.batch_size
+        if self.batches_per_pass < 1:
+            raise ValueError(
+                f"--batch_size={config.batch_size} is larger than the {self.info.num_examples} examples of "
+                f"{config.dataset}'s {config.train_split} split; lower --batch_size."
+            )
+
+    def _pass(self, index):
+        from icasc_tf.data import load_dataset
+
+        c = self.config
+        return load_dataset(
+            c.dataset, c.train_split, c.batch_size, training=True, seed=pass_seed(c.seed, index),
+            deterministic=c.deterministic or self.replay, **_data_options(c),
+        )
+
+    def batches(self, first, count):
+        """``count`` batches from the run's batch ``first`` on, as one dataset (iterate it once)."""
+        p0, skip = divmod(first, self.batches_per_pass)
+        last = (first + count - 1) // self.batches_per_pass
+        dataset = self._pass(p0)[0]
+        for index in range(p0 + 1, last + 1):
+            dataset = dataset.concatenate(self._pass(index)[0])
+        # The skipped batches go through the input pipeline (read, decode, augment), not the model.
+        return _shard_by_data(dataset.skip(skip).take(count))
+
+
+def _data_options(config):
+    return dict(
+        data_dir=config.data_dir or None,
+        manual_dir=config.manual_dir or None,
+        image_size=config.image_size or None,
+        **config.options("dataset_config"),
+    )
+
+
+def _shard_by_data(dataset):
+    # Shard by element, not by file: small TFDS splits are a single file.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def load_data(config, num_replicas, replay=False):
+    """The training stream, the eval pipeline and their infos."""
     from icasc_tf.data import load_dataset
 
     if config.batch_size % num_replicas:
@@ -131,20 +210,12 @@ def load_data(config, num_replicas, epochs_done=0):
             f"--batch_size={config.batch_size} is not divisible by the {num_replicas} replicas; "
             f"use a multiple of {num_replicas}."
         )
-    common = dict(
-        data_dir=config.data_dir or None,
-        manual_dir=config.manual_dir or None,
-        image_size=config.image_size or None,
-        seed=config.seed + 7919 * epochs_done,
-        deterministic=config.deterministic,
-        **config.options("dataset_config"),
+    stream = TrainingStream(config, replay=replay)
+    evaluation, eval_info = load_dataset(
+        config.dataset, config.eval_split, config.batch_size, training=False, seed=config.seed,
+        deterministic=config.deterministic, **_data_options(config),
     )
-    train, info = load_dataset(config.dataset, config.train_split, config.batch_size, training=True, **common)
-    evaluation, eval_info = load_dataset(config.dataset, config.eval_split, config.batch_size, training=False, **common)
-    # Shard by element, not by file: small TFDS splits are a single file.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return train.with_options(options), evaluation.with_options(options), info, eval_info
+    return stream, _shard_by_data(evaluation), stream.info, eval_info
 
 
 def build_model(config, info):
@@ -228,10 +299,14 @@ def _fixed_batch(dataset, count):
 
 
 # ----------------------------------------------------------------------------- the run
-def run_training(config: TrainConfig, callbacks=()):
+def run_training(config: TrainConfig, callbacks=(), recipe=None):
     """Train (or resume) the run described by ``config``; return the final metrics dict.
 
-    ``callbacks`` are added to the run's own (the study times steps with one).
+    ``callbacks`` are added to the run's own (the study times steps with one); ``recipe``
+    (text) is recorded at the head of flags.txt. Each epoch is one ``model.fit`` call on
+    that epoch's batches of the ``TrainingStream`` (a fit covering all epochs could not
+    start an epoch at a given step or give an epoch its own order); ``initial_epoch`` and
+    ``epochs`` are the run's, so Keras's progress bar counts the run's epochs.
     """
     config.validate()
     strategy = make_strategy(config.strategy)
@@ -241,13 +316,17 @@ def run_training(config: TrainConfig, callbacks=()):
         tf.config.experimental.enable_op_determinism()
     chief = is_chief(strategy)
     action = check_model_dir(config)
+    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+    start_epoch, start_step = (
+        ResumableCheckpoint(checkpoint_dir).saved_position() if action == "resume" else (0, 0)
+    )
+    stream, evaluation, info, eval_info = load_data(
+        config, strategy.num_replicas_in_sync, replay=bool(config.checkpoint_every or start_step)
+    )
+    steps = config.steps_per_epoch or stream.batches_per_pass
+    position = RunPosition(steps)
     # Every worker resumes from the chief's checkpoints; only the chief writes them.
-    checkpoint = ResumableCheckpoint(os.path.join(config.model_dir, "checkpoints"), write=chief)
-    epochs_done = checkpoint.epochs_done() if action == "resume" else 0
-    train, evaluation, info, eval_info = load_data(config, strategy.num_replicas_in_sync, epochs_done)
-    steps = config.steps_per_epoch or max(info.num_examples // config.batch_size, 1)
-    if config.steps_per_epoch:
-        train = train.repeat()
+    checkpoint = ResumableCheckpoint(checkpoint_dir, write=chief, every=config.checkpoint_every, position=position)
     with strategy.scope():
         model = build_model(config, info)
         optimizer = keras.optimizers.SGD(
@@ -256,8 +335,17 @@ def run_training(config: TrainConfig, callbacks=()):
         model.compile(optimizer, metrics=compiled_metrics(info), jit_compile=config.jit_compile)
         # Nothing is written before the model builds, so a bad option leaves no trace.
         if chief:
-            write_run_files(config, action)
-        initial_epoch = checkpoint.restore(model) if action == "resume" else 0
+            write_run_files(config, action, recipe)
+        if action == "resume":
+            _check_resume_position(checkpoint, steps)
+            checkpoint.restore(model)
+    if action == "resume":
+        print(
+            f"resuming {config.model_dir} at epoch {start_epoch + 1}, step {start_step} "
+            f"({start_epoch} of {config.epochs} epochs and {start_step} of {steps} steps done)",
+            flush=True,
+        )
+    position.start(start_epoch, start_step)
     # Non-chief workers write their (unused) files to a scratch folder, as TF advises.
     task = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0)
     own_dir = config.model_dir if chief else os.path.join(config.model_dir, ".workers", f"worker-{task}")
@@ -265,45 +353,65 @@ def run_training(config: TrainConfig, callbacks=()):
     best_path = os.path.join(config.model_dir, "best.keras")
     best = _previous_best(best_path, monitor) if chief else None
     log_dir = os.path.join(own_dir, "logs")
-    callbacks = [
+    summaries = TrainingSummaries(log_dir, config.summary_every, position)
+    one_epoch = _OneEpochPerFit()
+    run_callbacks = [
+        position,  # first: the others read the step just trained
         *callbacks,
         LearningRateLogger(),
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
         BestModel(best_path, monitor, write=chief, best=best),
-        keras.callbacks.TensorBoard(log_dir, update_freq=config.summary_every),
     ]
     if config.attention_warmup:
-        callbacks.append(AttentionWarmup(config.attention_warmup, steps))
+        run_callbacks.append(AttentionWarmup(config.attention_warmup, steps, position=position))
+    images = None
     if config.attention_images and chief:
-        images, labels = _fixed_batch(evaluation, config.attention_images)
-        callbacks.append(
-            AttentionImages(log_dir, images, labels, info.class_names, multi_label=info.multi_label)
+        fixed_images, labels = _fixed_batch(evaluation, config.attention_images)
+        images = AttentionImages(
+            log_dir, fixed_images, labels, info.class_names, multi_label=info.multi_label,
+            every=config.attention_images_every, position=position,
         )
+        run_callbacks.append(images)
+    run_callbacks += [summaries, one_epoch]  # after those that add to the logs; last: stops the fit
+    history = {}
     started = time.time()
-    history = model.fit(
-        train,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps,
-        validation_data=evaluation,
-        validation_steps=config.eval_steps or None,
-        callbacks=callbacks,
-        verbose=config.verbose,
-        shuffle=False,  # the pipeline shuffles
-    )
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            skip = start_step if epoch == start_epoch else 0
+            fit = model.fit(
+                stream.batches(epoch * steps + skip, steps - skip),
+                epochs=config.epochs,
+                initial_epoch=epoch,
+                steps_per_epoch=steps - skip,
+                validation_data=evaluation,
+                validation_steps=config.eval_steps or None,
+                callbacks=run_callbacks,
+                verbose=config.verbose,
+                shuffle=False,  # the pipeline shuffles
+            )
+            for key, values in fit.history.items():
+                history.setdefault(key, []).extend(values)
+            if not np.isfinite(history.get("loss", [0.0])[-1]):
+                raise ValueError(
+                    f"Training diverged (NaN loss) in epoch {epoch + 1}; the run is not marked "
+                    "finished. Lower --learning_rate, or check the data."
+                )
+            if one_epoch.stopped_by_callback or not position.epoch_complete:
+                break  # a callback stopped training
+    finally:
+        summaries.close()
+        if images is not None:
+            images.close()
     train_seconds = time.time() - started
-    if model.stop_training and not np.isfinite(history.history.get("loss", [np.nan])[-1]):
-        raise ValueError(
-            f"Training diverged (NaN loss) in epoch {initial_epoch + len(history.epoch)}; the run is "
-            "not marked finished. Lower --learning_rate, or check the data."
-        )
     results = model.evaluate(evaluation, steps=config.eval_steps or None, verbose=0, return_dict=True)
     summary = {
         "final": {k: float(v) for k, v in results.items()},
         "best": {monitor: best_value} if (best_value := _previous_best(best_path, monitor)) is not None else {},
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-        "epochs_run": config.epochs - initial_epoch,
+        "history": {k: [float(x) for x in v] for k, v in history.items()},
+        "epochs_run": config.epochs - start_epoch,
+        "resumed_at": {"epoch": start_epoch, "step": start_step} if action == "resume" else None,
+        "optimizer_steps": int(model.optimizer.iterations.numpy()),
         "train_seconds": train_seconds,
         "num_replicas": strategy.num_replicas_in_sync,
         "dataset": {"name": info.name, "num_classes": info.num_classes, "eval_examples": eval_info.num_examples},
@@ -312,6 +420,29 @@ def run_training(config: TrainConfig, callbacks=()):
     if chief:
         atomic_write_json(os.path.join(config.model_dir, "metrics.json"), summary)
     return summary
+
+
+class _OneEpochPerFit(keras.callbacks.Callback):
+    """Ends each ``fit`` call after one epoch; notes whether another callback asked to stop."""
+
+    stopped_by_callback = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.stopped_by_callback = bool(self.model.stop_training)
+        self.model.stop_training = True
+
+
+def _check_resume_position(checkpoint, steps):
+    latest = checkpoint.latest()
+    if latest is None:
+        return
+    with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved.get("step") and saved.get("steps_per_epoch") not in (None, steps):
+        raise ValueError(
+            f"{latest} was written mid-epoch with {saved['steps_per_epoch']} steps per epoch; this run has "
+            f"{steps} (the training split changed?). Use another --model_dir, or --overwrite."
+        )
 
 
 def _previous_best(path, monitor):

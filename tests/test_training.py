@@ -30,7 +30,6 @@ def tiny_config(tmp_path, **overrides):
         batch_size=16,
         steps_per_epoch=2,
         eval_steps=1,
-        summary_every=1,
         attention_images=2,
         model_dir=str(tmp_path / "run"),
         data_dir=str(tmp_path / "tfds"),
