@@ -1,12 +1,15 @@
 """Train ICASC (or its baseline, or painless attention) from the command line.
 
     python scripts/train.py                                   # bundled cluttered digits, minutes on a CPU
+    python scripts/train.py --dataset=caltech256 --arch=vgg19 --weights=...  # the paper's recipe (flags/)
     python scripts/train.py --flagfile=flags/cifar100_resnet110.flags --data_dir=/data/tfds
     python scripts/train.py --baseline --model_dir=runs/baseline
     python scripts/train.py --helpfull                        # every flag
 
 Every option is a field of icasc_tf.config.TrainConfig; the run's folder (--model_dir)
 holds its flags, checkpoints, TensorBoard logs, best and final models and metrics.
+Without --flagfile, --dataset (and --arch) take the paper's recipe from flags/ as defaults
+(icasc_tf.recipes); flags given on the command line win.
 """
 
 import os
@@ -28,11 +31,18 @@ def main(argv):
         logging.set_verbosity(logging.ERROR)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from icasc_tf.recipes import resolve
     from icasc_tf.training import run_training
 
-    config = run_config.from_flags(FLAGS)
     try:
-        summary = run_training(config)
+        resolution = resolve(FLAGS, sys.argv)
+        for line in [resolution.recipe_line, *resolution.notes]:
+            if line:
+                print(f"train.py: {line}", flush=True)
+        for line in resolution.warnings:
+            print(f"train.py: {line}", file=sys.stderr, flush=True)
+        config = resolution.config
+        summary = run_training(config, recipe=resolution.recipe_line)
     except (ValueError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,278 @@
+"""The papers' recipes as the defaults of a run: ``--dataset`` (and ``--arch``) pick one.
+
+The recipes are the flagfiles in the repository's ``flags/`` folder (METHOD.md §1.7), read
+at run time: they are the one copy of their values. ``scripts/train.py`` calls
+``resolve(FLAGS, sys.argv)``; tests call ``config_from_argv(argv)``, the same code path.
+
+Rules, when the command line has no ``--flagfile``:
+- ``--dataset`` not given, or ``cluttered_digits`` (no paper recipe): ``TrainConfig``'s
+  defaults (``flags/default.flags`` repeats them), no recipe.
+- ``--dataset=D`` without ``--arch``: D's designated recipe (``DATASET_RECIPES``), its
+  backbone included.
+- ``--dataset=D --arch=A``: the flagfile for D and A. Several (Caltech-256 at 30 and 60
+  images per class): the one whose ``--dataset_config`` the command line gives, else the
+  first by file name (``_n30`` before ``_n60``). None: D's designated recipe without its
+  backbone options (``--arch``, ``--arch_options``), with ``--model_dir=runs/D_A``.
+- Recipes that change the method (``--baseline``, painless attention) are never picked.
+- Taken from a recipe: every flag it sets except ``--weights`` (the pretrained file is
+  the user's to give), ``--model_dir`` included. A flag given on the command line wins.
+- The run prints one line naming the recipe (``recipe_line``); a fine-tuning recipe (one
+  that sets ``--weights``: Caltech-256, CUB, VOC) without ``--weights`` also warns that
+  from-scratch numbers are not comparable with the paper's.
+
+With ``--flagfile`` no recipe applies (the flagfile is the recipe). A flag given more than
+once (in a flagfile and on the command line, or twice) takes absl's value, the last one,
+and a note says which.
+
+Where ``flags/`` is found: ``$ICASC_TF_FLAGS_DIR`` if set, else ``flags/`` beside the
+``icasc_tf`` package, i.e. in the repository, which holds for a checkout and for
+``pip install -e .``. A non-editable install does not ship ``flags/``: set
+``ICASC_TF_FLAGS_DIR`` or pass ``--flagfile``; only a run that needs a recipe fails, with
+that advice.
+"""
+
+import dataclasses
+import functools
+import glob
+import os
+
+from absl import flags
+
+from icasc_tf import config as run_config
+
+FLAGS_DIR_ENV = "ICASC_TF_FLAGS_DIR"
+REPO_FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
+
+# The recipe a dataset takes when --arch is not given, or has no recipe of its own on it.
+DATASET_RECIPES = {
+    "caltech256": "caltech256_resnet18_n30",
+    "cifar100": "cifar100_resnet110",
+    "cub200": "cub200_resnet50",
+    "imagenet2012": "imagenet2012_resnet18",
+    "voc2012": "voc2012_resnet18",
+}
+NO_RECIPE_DATASETS = ("cluttered_digits",)
+NOT_FROM_RECIPE = ("weights",)  # the user's to give
+BACKBONE_OPTIONS = ("arch", "arch_options")  # not carried over to another backbone
+METHOD_CHANGES = ("baseline", "painless_depth")  # recipes of another arm: never picked
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    path: str
+    title: str  # the flagfile's first comment line
+    values: dict  # the flags it sets, parsed (typed) by the run's own flag definitions
+
+    @property
+    def name(self):
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+    @property
+    def shown_path(self):
+        if os.path.dirname(self.path) == REPO_FLAGS_DIR:
+            return os.path.join("flags", os.path.basename(self.path))
+        return self.path
+
+    @property
+    def fine_tunes(self):
+        return bool(self.values.get("weights"))
+
+
+@dataclasses.dataclass
+class Resolution:
+    """What ``resolve`` decided: the config, and the lines to print."""
+
+    config: run_config.TrainConfig
+    recipe: Recipe | None = None
+    recipe_line: str = ""  # printed on stdout and recorded at the head of flags.txt
+    notes: list = dataclasses.field(default_factory=list)  # stdout
+    warnings: list = dataclasses.field(default_factory=list)  # stderr
+
+
+def flags_dir():
+    return os.environ.get(FLAGS_DIR_ENV) or REPO_FLAGS_DIR
+
+
+def read_flagfile(path):
+    """The flags a flagfile sets, as {name: value} parsed like the command line."""
+    values = flags.FlagValues()
+    run_config.define_flags(values)
+    try:
+        values(["recipe", f"--flagfile={path}"])
+    except flags.Error as error:
+        raise ValueError(f"{path}: {error}") from None
+    names = [f.name for f in dataclasses.fields(run_config.TrainConfig)]
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().strip()
+    title = first[1:].strip() if first.startswith("#") else ""
+    return Recipe(path, title, {n: values[n].value for n in names if values[n].present})
+
+
+@functools.lru_cache(maxsize=None)
+def _recipes(directory):
+    return tuple(read_flagfile(p) for p in sorted(glob.glob(os.path.join(directory, "*.flags"))))
+
+
+def recipes():
+    """Every flagfile of ``flags_dir()`` (read once per process)."""
+    directory = flags_dir()
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"The recipes (flags/*.flags) are not at {directory}: icasc_tf is not installed from a "
+            f"checkout (pip install -e .). Set {FLAGS_DIR_ENV} to the repository's flags/ folder, or "
+            "pass --flagfile=<recipe>."
+        )
+    return _recipes(directory)
+
+
+def find_recipe(dataset, arch=None, dataset_config=None):
+    """``(recipe, same_backbone)`` for a dataset (and backbone), or ``(None, False)``."""
+    if dataset in NO_RECIPE_DATASETS:
+        return None, False
+    candidates = [
+        r for r in recipes()
+        if r.values.get("dataset") == dataset and not any(r.values.get(k) for k in METHOD_CHANGES)
+    ]
+    designated = next((r for r in candidates if r.name == DATASET_RECIPES.get(dataset)), None)
+    if arch is None:
+        return designated, designated is not None
+    same = [r for r in candidates if r.values.get("arch") == arch]
+    if same:
+        chosen = [r for r in same if dataset_config is not None and r.values.get("dataset_config") == dataset_config]
+        return (chosen or same)[0], True
+    return designated, False
+
+
+def recipe_defaults(recipe, same_backbone, dataset, arch):
+    """The values a run takes from ``recipe`` (flags given on the command line still win)."""
+    values = {k: v for k, v in recipe.values.items() if k not in NOT_FROM_RECIPE}
+    if not same_backbone:
+        for key in BACKBONE_OPTIONS:
+            values.pop(key, None)
+        values["model_dir"] = f"runs/{dataset}_{arch}"
+    return values
+
+
+def _given(flag_values, name):
+    return bool(flag_values[name].present)
+
+
+def resolve(flag_values, argv):
+    """The run's ``TrainConfig`` from parsed flags and the raw ``argv`` they came from."""
+    config = run_config.from_flags(flag_values)
+    resolution = Resolution(config)
+    resolution.notes.extend(given_twice(flag_values, argv))
+    if not _uses_flagfile(argv) and _given(flag_values, "dataset"):
+        arch = config.arch if _given(flag_values, "arch") else None
+        dataset_config = config.dataset_config if _given(flag_values, "dataset_config") else None
+        recipe, same_backbone = find_recipe(config.dataset, arch, dataset_config)
+        if recipe is not None:
+            defaults = recipe_defaults(recipe, same_backbone, config.dataset, config.arch)
+            taken = {k: v for k, v in defaults.items() if not _given(flag_values, k)}
+            resolution.config = dataclasses.replace(config, **taken)
+            resolution.recipe = recipe
+            resolution.recipe_line = recipe_line(recipe, same_backbone, resolution.config, flag_values)
+    warning = fine_tuning_warning(resolution.config)
+    if warning:
+        resolution.warnings.append(warning)
+    return resolution
+
+
+def config_from_argv(argv):
+    """``resolve`` on a fresh set of flags: what ``scripts/train.py`` does with ``argv``."""
+    values = flags.FlagValues()
+    run_config.define_flags(values)
+    values(list(argv))
+    return resolve(values, argv)
+
+
+def recipe_line(recipe, same_backbone, config, flag_values):
+    """``recipe: <flagfile>, <what> (<what is not taken>)[; overridden on the command line: ...]``."""
+    if same_backbone:
+        what = f"the paper's recipe for {config.dataset} + {recipe.values.get('arch')} (not its --weights: give yours)"
+    else:
+        what = (
+            f"{config.dataset}'s recipe (none for {config.arch}: not its --arch, --arch_options, --weights; "
+            f"--model_dir={config.model_dir})"
+        )
+    overridden = [
+        f"--{k}={_shown(getattr(config, k))}" for k in sorted(recipe.values)
+        if k not in (*NOT_FROM_RECIPE, "dataset", "arch") and _given(flag_values, k)
+        and getattr(config, k) != recipe.values[k]
+    ]
+    tail = f"; overridden on the command line: {', '.join(overridden)}" if overridden else ""
+    return f"recipe: {recipe.shown_path}, {what}{tail}"
+
+
+def _shown(value):
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def fine_tuning_warning(config):
+    """A warning when a dataset the paper fine-tunes on trains from scratch ('' otherwise)."""
+    if config.weights or config.dataset in NO_RECIPE_DATASETS or config.dataset not in DATASET_RECIPES:
+        return ""
+    try:
+        designated, _ = find_recipe(config.dataset)
+    except ValueError:
+        return ""  # no recipes to read: no warning either
+    if designated is None or not designated.fine_tunes:
+        return ""
+    return (
+        f"warning: the paper fine-tunes ImageNet-pretrained weights on {config.dataset}; without "
+        f"--weights this run trains {config.arch} from scratch, and its numbers are not comparable "
+        "with the paper's."
+    )
+
+
+# ----------------------------------------------------------------------------- flags given twice
+def _uses_flagfile(argv):
+    return any(_flag_name(arg) == "flagfile" for arg in argv[1:])
+
+
+def _flag_name(arg):
+    if not arg.startswith("-") or arg in ("-", "--"):
+        return None
+    return arg.lstrip("-").split("=", 1)[0]
+
+
+def given_twice(flag_values, argv):
+    """Notes on the flags given more than once with different values: absl takes the last."""
+    seen = {}
+    for source, arg, following in _expanded(flag_values, argv):
+        name = _flag_name(arg)
+        if name is None:
+            continue
+        value = arg.split("=", 1)[1] if "=" in arg else None
+        if name not in flag_values and name.startswith("no") and name[2:] in flag_values:
+            name, value = name[2:], "false"
+        if name not in flag_values or name == "flagfile":
+            continue
+        if value is None:
+            value = "true" if flag_values[name].boolean else (following or "")
+        seen.setdefault(name, []).append((value, source))
+    notes = []
+    for name, occurrences in seen.items():
+        if len({value for value, _ in occurrences}) > 1:
+            listed = ", ".join(f"{value} ({source})" for value, source in occurrences)
+            notes.append(f"note: --{name} is given {len(occurrences)} times: {listed}; the last one, "
+                         f"{occurrences[-1][0]}, is used.")
+    return notes
+
+
+def _expanded(flag_values, argv):
+    """(source, argument, next argument) over argv with its flagfiles inlined, in order."""
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
+        if _flag_name(arg) == "flagfile":
+            path = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                inlined = flag_values.read_flags_from_files(["x", f"--flagfile={path}"], force_gnu=False)[1:]
+            except flags.Error:
+                continue  # absl reports it when it parses
+            for j, inner in enumerate(inlined):
+                yield path, inner, inlined[j + 1] if j + 1 < len(inlined) else None
+        else:
+            yield "command line", arg, args[i + 1] if i + 1 < len(args) else None

@@ -1,0 +1,156 @@
+"""The paper's recipes as defaults: --dataset (and --arch) without --flagfile (icasc_tf.recipes)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from icasc_tf import config as run_config
+from icasc_tf import recipes
+from icasc_tf.config import TrainConfig
+from icasc_tf.recipes import config_from_argv, read_flagfile
+from icasc_tf.training import write_run_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS_DIR = os.path.join(ROOT, "flags")
+
+
+def _flagfile(name):
+    return read_flagfile(os.path.join(FLAGS_DIR, f"{name}.flags")).values
+
+
+def _expected(values, **overrides):
+    """TrainConfig with a flagfile's values, less --weights, plus overrides."""
+    taken = {k: v for k, v in values.items() if k != "weights"}
+    return dataclasses.replace(TrainConfig(), **{**taken, **overrides})
+
+
+def test_dataset_and_arch_take_the_matching_flagfile_without_weights():
+    resolution = config_from_argv(["train.py", "--dataset=caltech256", "--arch=vgg19"])
+    values = _flagfile("caltech256_vgg19_n30")
+    assert values["weights"] and values["learning_rate"] == 0.01 and values["batch_size"] == 16
+    assert resolution.config == _expected(values)
+    assert resolution.config.weights == "" and resolution.config.model_dir == "runs/caltech256_vgg19_n30"
+    assert resolution.recipe_line == (
+        "recipe: flags/caltech256_vgg19_n30.flags, the paper's recipe for caltech256 + vgg19 "
+        "(not its --weights: give yours)"
+    )
+    assert resolution.warnings == [
+        "warning: the paper fine-tunes ImageNet-pretrained weights on caltech256; without --weights this "
+        "run trains vgg19 from scratch, and its numbers are not comparable with the paper's."
+    ]
+
+
+def test_explicit_flags_win_over_the_recipe():
+    resolution = config_from_argv(
+        ["train.py", "--dataset=caltech256", "--arch=vgg19", "--learning_rate=0.05", "--model_dir=/tmp/x",
+         "--weights=/w/vgg19.h5"]
+    )
+    values = _flagfile("caltech256_vgg19_n30")
+    assert resolution.config == _expected(values, learning_rate=0.05, model_dir="/tmp/x", weights="/w/vgg19.h5")
+    assert resolution.recipe_line.endswith(
+        "(not its --weights: give yours); overridden on the command line: --learning_rate=0.05, --model_dir=/tmp/x"
+    )
+    assert resolution.warnings == []  # weights given: fine-tuning as the paper
+
+
+def test_dataset_config_picks_among_several_recipes_of_a_backbone():
+    resolution = config_from_argv(
+        ["train.py", "--dataset=caltech256", "--arch=vgg19", "--dataset_config=train_per_class=60"]
+    )
+    assert resolution.recipe.name == "caltech256_vgg19_n60"
+    assert resolution.config == _expected(_flagfile("caltech256_vgg19_n60"))
+
+
+def test_a_backbone_without_recipe_takes_the_dataset_recipe_without_its_backbone_options():
+    resolution = config_from_argv(["train.py", "--dataset=caltech256", "--arch=resnet50"])
+    values = _flagfile("caltech256_resnet18_n30")
+    assert resolution.recipe.name == "caltech256_resnet18_n30"
+    assert resolution.config == _expected(values, arch="resnet50", model_dir="runs/caltech256_resnet50")
+    assert resolution.recipe_line == (
+        "recipe: flags/caltech256_resnet18_n30.flags, caltech256's recipe (none for resnet50: not its --arch, "
+        "--arch_options, --weights; --model_dir=runs/caltech256_resnet50)"
+    )
+    assert "trains resnet50 from scratch" in resolution.warnings[0]
+    # VOC's recipe sets --arch_options=stem=imagenet for resnet18: not carried to resnet50.
+    voc = config_from_argv(["train.py", "--dataset=voc2012", "--arch=resnet50"]).config
+    assert voc.arch_options == [] and voc.image_size == 299 and voc.eval_split == "validation"
+
+
+def test_dataset_alone_takes_its_designated_recipe_and_method_changing_recipes_are_never_picked():
+    resolution = config_from_argv(["train.py", "--dataset=cifar100"])
+    assert resolution.config == _expected(_flagfile("cifar100_resnet110"))
+    assert resolution.warnings == []  # trained from scratch in the paper too
+    # cub200 + wrn has only the painless-attention recipe (--baseline): ICASC gets cub200's own.
+    cub = config_from_argv(["train.py", "--dataset=cub200", "--arch=wrn"])
+    assert cub.recipe.name == "cub200_resnet50" and not cub.config.baseline and cub.config.painless_depth == 0
+
+
+def test_cluttered_digits_keeps_the_defaults():
+    assert config_from_argv(["train.py"]).config == TrainConfig()
+    resolution = config_from_argv(["train.py", "--dataset=cluttered_digits", "--arch=resnet8"])
+    assert resolution.config == TrainConfig(arch="resnet8")
+    assert resolution.recipe is None and resolution.recipe_line == "" and resolution.warnings == []
+    # flags/default.flags repeats TrainConfig's defaults: the two cannot drift apart.
+    assert _expected(_flagfile("default")) == TrainConfig()
+
+
+def test_flagfile_runs_as_today_and_flags_given_twice_are_noted():
+    path = os.path.join(FLAGS_DIR, "caltech256_vgg19_n30.flags")
+    resolution = config_from_argv(["train.py", f"--flagfile={path}", "--learning_rate=0.05"])
+    values = _flagfile("caltech256_vgg19_n30")
+    assert resolution.recipe is None and resolution.recipe_line == ""
+    assert resolution.config == dataclasses.replace(TrainConfig(), **{**values, "learning_rate": 0.05})
+    assert resolution.notes == [
+        f"note: --learning_rate is given 2 times: 0.01 ({path}), 0.05 (command line); the last one, 0.05, is used."
+    ]
+    # absl's order: a flagfile after the flag wins.
+    later = config_from_argv(["train.py", "--epochs=3", f"--flagfile={path}"])
+    assert later.config.epochs == 20 and "the last one, 20, is used" in later.notes[0]
+    assert config_from_argv(["train.py", "--epochs", "3", "--epochs=3"]).notes == []  # same value: no note
+    flipped = config_from_argv(["train.py", "--baseline", "--nobaseline"])
+    assert not flipped.config.baseline and flipped.notes == [
+        "note: --baseline is given 2 times: true (command line), false (command line); the last one, false, is used."
+    ]
+
+
+def test_resolved_values_are_what_flags_txt_and_config_json_record(tmp_path):
+    resolution = config_from_argv(
+        ["train.py", "--dataset=caltech256", "--arch=vgg19", f"--model_dir={tmp_path / 'run'}"]
+    )
+    write_run_files(resolution.config, "new", resolution.recipe_line)  # what run_training writes
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved == dataclasses.asdict(resolution.config)
+    flags_txt = (tmp_path / "run" / "flags.txt").read_text()
+    assert f"# {resolution.recipe_line}\n" in flags_txt and "--learning_rate=0.01\n" in flags_txt
+    again = flags.FlagValues()
+    run_config.define_flags(again)
+    again(["train.py", f"--flagfile={tmp_path / 'run' / 'flags.txt'}"])
+    assert run_config.from_flags(again) == resolution.config  # --flagfile=flags.txt repeats the run
+
+
+def test_recipes_folder_not_found_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv(recipes.FLAGS_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="ICASC_TF_FLAGS_DIR"):
+        config_from_argv(["train.py", "--dataset=caltech256"])
+    assert config_from_argv(["train.py"]).config == TrainConfig()  # no recipe needed, no error
+    monkeypatch.setenv(recipes.FLAGS_DIR_ENV, FLAGS_DIR)
+    assert config_from_argv(["train.py", "--dataset=caltech256"]).recipe.name == "caltech256_resnet18_n30"
+
+
+def test_script_prints_the_recipe_and_warning_then_fails_on_missing_data_writing_nothing(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--dataset=caltech256", "--arch=vgg19",
+         f"--model_dir={tmp_path / 'run'}", f"--manual_dir={tmp_path / 'manual'}", f"--data_dir={tmp_path / 'tfds'}"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "train.py: recipe: flags/caltech256_vgg19_n30.flags, the paper's recipe for caltech256 + vgg19" in result.stdout
+    assert "train.py: warning: the paper fine-tunes ImageNet-pretrained weights on caltech256" in result.stderr
+    error = result.stderr[result.stderr.index("train.py: error:"):]  # the missing-data message (several lines)
+    assert "256_ObjectCategories" in error and "--manual_dir" in error and str(tmp_path / "manual") in error, error
+    assert not (tmp_path / "run").exists()
