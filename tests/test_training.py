@@ -126,6 +126,46 @@ def _event_tags(folder):
     return found
 
 
+def _assert_epochs(tags, names, epochs, where):
+    for name in names:
+        assert sorted(tags.get(name, [])) == epochs, (where, name, sorted(tags))
+
+
+def test_tensorboard_with_default_summary_every_has_every_epoch(tmp_path):
+    """The default --summary_every (50) and 7 steps per epoch: epochs never end on a multiple of it."""
+    run = tmp_path / "run"
+    result = _train_script(
+        "--arch=resnet8", "--dataset_config=num_train=56,num_test=32", "--batch_size=8", "--epochs=2",
+        "--eval_steps=1", "--attention_images=2", "--verbose=0", f"--model_dir={run}", f"--data_dir={tmp_path}/tfds",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["summary_every"] == 50
+    terms = ["epoch_loss", "epoch_as_inner", "epoch_as_last", "epoch_ac"]
+    train = _event_tags(run / "logs" / "train")
+    _assert_epochs(train, terms + ["epoch_learning_rate", "epoch_accuracy"], [1, 2], "train")
+    _assert_epochs(_event_tags(run / "logs" / "validation"), terms + ["epoch_accuracy"], [1, 2], "validation")
+    _assert_epochs(_event_tags(run / "logs" / "attention"), ["attention/00", "attention/01"], [1, 2], "attention")
+    assert not [t for t in train if t.startswith("batch_")]  # 14 steps < 50
+
+
+def test_batch_scalars_and_attention_images_every_n_steps(tmp_path):
+    # A user's own Keras TensorBoard(update_freq=N) sets a record_if for all of fit: ours still write.
+    keras_tb = keras.callbacks.TensorBoard(str(tmp_path / "keras_logs"), update_freq=50)
+    config = tiny_config(
+        tmp_path, dataset_config=["num_train=56", "num_test=32"], batch_size=8, steps_per_epoch=0,
+        summary_every=4, attention_images_every=3,
+    )
+    run_training(config, callbacks=[keras_tb])
+    run = tmp_path / "run"
+    train = _event_tags(run / "logs" / "train")
+    _assert_epochs(train, ["batch_loss", "batch_as_inner", "batch_learning_rate"], [4, 8, 12], "batch")
+    _assert_epochs(train, ["epoch_loss", "epoch_ac"], [1, 2], "train")
+    _assert_epochs(_event_tags(run / "logs" / "validation"), ["epoch_loss", "epoch_ac"], [1, 2], "validation")
+    images = _event_tags(run / "logs" / "attention")
+    _assert_epochs(images, ["attention_steps/00", "attention_steps/01"], [3, 6, 9, 12], "steps")
+    _assert_epochs(images, ["attention/00", "attention/01"], [1, 2], "epochs")
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags"))))
 def test_flagfiles_parse_and_validate(path):
     values = flags.FlagValues()
@@ -151,6 +191,8 @@ def _train_script(*args, env=None, timeout=240):
         (["--batch_size=0"], "--batch_size must be positive"),
         (["--arch=resnet7"], "--arch=resnet7: unknown"),
         (["--dataset=caltech256", "--manual_dir=/nonexistent"], "256_ObjectCategories"),
+        (["--checkpoint_every=-1"], "--checkpoint_every must be >= 0; got -1."),
+        (["--attention_images_every=-3"], "--attention_images_every must be >= 0; got -3."),
     ],
 )
 def test_bad_input_exits_with_one_clear_line(tmp_path, args, message):
@@ -161,6 +203,10 @@ def test_bad_input_exits_with_one_clear_line(tmp_path, args, message):
     )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
+    if "caltech256" not in " ".join(args):  # the missing-data message has several lines
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("train.py: error: ") and message in last, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_flag_in_flagfile_fails(tmp_path):
