@@ -1,12 +1,21 @@
-"""Where do the attention maps go? A diagnostic for runs on cluttered digits.
+"""Where do the attention maps go, and which channels put them there? A diagnostic for runs
+on cluttered digits.
 
-For each run, on the first test images: the share of ground-truth and most-confusing-class
-last-layer maps whose peak lies on ink (any digit stroke, target or distractor) and the
-share of their mass on ink, against how much of the canvas is ink. Attention that leaves
-the strokes for the empty canvas separates the two maps without looking at the digits,
-which is how L_AS can fall while localization gets worse (BUILD_NOTES.md, the study).
+For each run, on the first test images, at the last layer:
+- placement: the share of ground-truth and most-confusing-class maps whose peak lies on
+  ink (any digit stroke, target or distractor), and the share of their mass on ink;
+- channel anatomy: each channel k's *ink share* (its activation mass on ink over its total,
+  over the images); channels whose ink share is below the canvas's ink cover fire mostly
+  off the strokes ("canvas channels"). Reported: the share of channels that are canvas
+  channels; the share of the target's and the confusing class's map mass that comes from
+  them (the map is sum_k alpha_k F_k, so each channel's part is exact); and how many classes
+  weigh a canvas channel vs an ink channel positively (alpha_k^c > 0 for c in 0..9).
 
-    python scripts/attention_placement.py --runs=runs/study/baseline/seed-0,runs/study/ach/seed-0
+Attention built from canvas channels separates the two classes' maps without looking at
+the digits, which is how L_AS can fall while localization gets worse (BUILD_NOTES.md).
+
+    python scripts/attention_placement.py --runs=runs/study/empty/baseline/seed-0,runs/study/empty/ach/seed-0
+    python scripts/attention_placement.py --background=textured --runs=runs/study/textured/ach/seed-0
 """
 
 import os
@@ -20,34 +29,100 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Run folders (each with final.keras), trained on cluttered_digits.")
 flags.DEFINE_integer("num_images", 500, "Test images to look at.")
-flags.DEFINE_float("ink_threshold", 0.05, "A pixel is ink above this intensity.")
+flags.DEFINE_enum("background", "empty", ["empty", "textured"], "cluttered_digits background config.")
+flags.DEFINE_float(
+    "ink_threshold", -1.0,
+    "A pixel is ink above this intensity (default: 0.05 on the empty canvas; on the textured "
+    "one 0.05 above the background's contrast, so texture is not ink).",
+)
 flags.DEFINE_string("data_dir", "", "TFDS data folder.")
+flags.DEFINE_string("output_json", "", "Also write the figures here.")
 
 
-def placement(model, images, labels, ink):
-    """{class kind: (peak-on-ink rate, mean mass share on ink)} for the last-layer maps."""
+def _class_maps(model, images, classes):
+    """Last-layer feature map F, and alpha_k^c for each column of ``classes`` ([N, k] ids)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from icasc_tf import method
+
+    import keras
+
+    selectors = [tf.one_hot(classes[:, j], model.num_classes) for j in range(classes.shape[1])]
+    backbone = model.backbone
+    tap = keras.Model(
+        backbone.input,
+        [backbone.get_layer(model.inner_layer).output, backbone.get_layer(model.last_layer).output,
+         backbone.output],
+    )
+    _, f_last, _, gradients = method.class_gradients(
+        tap, tf.constant(images), lambda logits: selectors, training=False
+    )
+    # A_ch's channel weights, the model's default map: alpha_k = mean_ij ReLU(g).
+    alphas = [tf.reduce_mean(tf.nn.relu(g_last), axis=[1, 2]).numpy() for _, g_last in gradients]
+    return np.asarray(f_last, np.float64), np.stack(alphas, axis=1)  # [N,h,w,K], [N,k,K]
+
+
+def anatomy(model, images, labels, ink):
+    """Placement and channel anatomy of one model's last-layer A_ch maps (see the module doc)."""
     import numpy as np
     import tensorflow as tf
 
     from icasc_tf.selection import confusing_class
 
-    confusing = confusing_class(labels, model.predict(images, verbose=0)).numpy()
-    maps = model.attention_maps(images, classes=np.stack([labels, confusing], axis=1))
-    size = images.shape[1:3]
-    upsampled = tf.image.resize(np.moveaxis(maps["last"], 1, -1), size).numpy()
     rows = np.arange(len(images))
-    result = {}
-    for k, kind in enumerate(("target", "confusing")):
-        a = upsampled[..., k]
-        peak = a.reshape(len(images), -1).argmax(axis=1)
-        on_ink = ink[rows, peak // size[1], peak % size[1]].mean()
-        mass = ((a * ink).sum(axis=(1, 2)) / (a.sum(axis=(1, 2)) + 1e-12)).mean()
-        result[kind] = (float(on_ink), float(mass))
+    confusing = confusing_class(labels, model.predict(images, verbose=0)).numpy()
+    every_class = np.tile(np.arange(model.num_classes), (len(images), 1))
+    features, alpha_all = _class_maps(model, images, every_class)
+    alpha = {"target": alpha_all[rows, labels], "confusing": alpha_all[rows, confusing]}
+    h, w = features.shape[1:3]
+    ink_small = tf.image.resize(ink[..., None].astype("float32"), (h, w), method="area").numpy()[..., 0]
+    cover = float(ink_small.mean())
+    channel_mass = features.sum(axis=(0, 1, 2))
+    ink_share = (features * ink_small[..., None]).sum(axis=(0, 1, 2)) / np.maximum(channel_mass, 1e-12)
+    live = channel_mass > 1e-6 * channel_mass.max()
+    canvas = live & (ink_share < cover)
+    result = {
+        "ink_cover": cover,
+        "canvas_channels": float(canvas.sum() / max(live.sum(), 1)),
+        "channel_ink_share": float((ink_share * channel_mass).sum() / channel_mass.sum()),
+    }
+    for kind, a in alpha.items():
+        parts = a[:, None, None, :] * features  # [N,h,w,K]: channel k's part of the map
+        the_map = np.maximum(parts.sum(-1), 0.0)
+        peak = the_map.reshape(len(images), -1).argmax(axis=1)
+        ink_peak = ink_small.reshape(len(images), -1)[rows, peak] > 0.5
+        result[f"{kind}_peak_on_ink"] = float(ink_peak.mean())
+        result[f"{kind}_mass_on_ink"] = float(
+            np.mean((the_map * ink_small).sum(axis=(1, 2)) / np.maximum(the_map.sum(axis=(1, 2)), 1e-12))
+        )
+        mass = parts.sum(axis=(1, 2))  # [N, K]
+        result[f"{kind}_from_canvas_channels"] = float(
+            np.mean(mass[:, canvas].sum(1) / np.maximum(mass.sum(1), 1e-12))
+        )
+    breadth = (alpha_all > 1e-3 * alpha_all.max()).mean(axis=0).sum(axis=0)  # [K]: classes per channel
+    result["classes_per_canvas_channel"] = float(breadth[canvas].mean()) if canvas.any() else float("nan")
+    result["classes_per_ink_channel"] = float(breadth[live & ~canvas].mean()) if (live & ~canvas).any() else float("nan")
     return result
+
+
+COLUMNS = (
+    ("channel_ink_share", "channel mass on ink"),
+    ("target_peak_on_ink", "T peak on ink"),
+    ("target_mass_on_ink", "T mass on ink"),
+    ("confusing_mass_on_ink", "C mass on ink"),
+    ("canvas_channels", "canvas channels"),
+    ("target_from_canvas_channels", "T from canvas ch."),
+    ("confusing_from_canvas_channels", "C from canvas ch."),
+    ("classes_per_canvas_channel", "classes/canvas ch."),
+    ("classes_per_ink_channel", "classes/ink ch."),
+)
 
 
 def main(argv):
     del argv
+    import json
+
     import keras
 
     import icasc_tf  # noqa: F401  (registers the custom layers)
@@ -56,21 +131,32 @@ def main(argv):
     if not FLAGS.runs:
         print("attention_placement.py: error: give --runs=DIR[,DIR...]", file=sys.stderr)
         sys.exit(2)
+    options = {"background": "textured"} if FLAGS.background == "textured" else {}
     dataset, _ = load_dataset(
-        "cluttered_digits", "test", FLAGS.num_images, training=False, data_dir=FLAGS.data_dir or None
+        "cluttered_digits", "test", FLAGS.num_images, training=False, data_dir=FLAGS.data_dir or None,
+        **options,
     )
     images, labels = (t.numpy() for t in next(iter(dataset)))
-    ink = images.max(axis=-1) > FLAGS.ink_threshold
-    print(f"ink covers {ink.mean():.2f} of the canvas ({len(images)} test images)")
-    print(f"{'run':<40}{'target peak/mass on ink':>26}{'confusing peak/mass on ink':>29}")
+    threshold = FLAGS.ink_threshold
+    if threshold < 0:
+        from icasc_tf.data.cluttered_digits import ClutteredDigitsConfig
+
+        threshold = 0.05 + (ClutteredDigitsConfig.background_contrast if FLAGS.background == "textured" else 0.0)
+    ink = images.max(axis=-1) > threshold
+    print(f"ink (> {threshold:.2f}) covers {ink.mean():.2f} of the canvas ({len(images)} test images)")
+    print(f"| run | {' | '.join(title for _, title in COLUMNS)} |")
+    print("|---|" + "---|" * len(COLUMNS))
+    found = {}
     for run in FLAGS.runs:
         path = os.path.join(run, "final.keras")
         if not os.path.exists(path):
             print(f"attention_placement.py: error: no final.keras in {run}", file=sys.stderr)
             sys.exit(2)
-        found = placement(keras.models.load_model(path), images, labels, ink)
-        t, c = found["target"], found["confusing"]
-        print(f"{run:<40}{t[0]:>14.2f} / {t[1]:.2f}{c[0]:>18.2f} / {c[1]:.2f}")
+        found[run] = anatomy(keras.models.load_model(path), images, labels.astype(int), ink)
+        print(f"| {run} | " + " | ".join(f"{found[run][key]:.2f}" for key, _ in COLUMNS) + " |", flush=True)
+    if FLAGS.output_json:
+        with open(FLAGS.output_json, "w", encoding="utf-8") as f:
+            json.dump(found, f, indent=2)
 
 
 if __name__ == "__main__":
