@@ -327,6 +327,9 @@ def run_training(config: TrainConfig, callbacks=(), recipe=None):
     position = RunPosition(steps)
     # Every worker resumes from the chief's checkpoints; only the chief writes them.
     checkpoint = ResumableCheckpoint(checkpoint_dir, write=chief, every=config.checkpoint_every, position=position)
+    # Seeded again here: preparing a dataset (the first run on a data_dir) draws from the
+    # global generators, and the initial weights must depend on the seed alone.
+    keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config, info)
         optimizer = keras.optimizers.SGD(
