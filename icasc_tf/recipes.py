@@ -108,7 +108,7 @@ def read_flagfile(path):
     return Recipe(path, title, {n: values[n].value for n in names if values[n].present})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _recipes(directory):
     return tuple(read_flagfile(p) for p in sorted(glob.glob(os.path.join(directory, "*.flags"))))
 

@@ -150,8 +150,10 @@ class TrainingStream:
     seeded with ``pass_seed(seed, p)``, so the order of any batch depends on (seed, g) alone
     and a run resumed at epoch E, step S rebuilds E's passes and skips the S batches it has
     trained. With ``replay`` the pipeline's element order is deterministic (tf.data
-    ``deterministic``; ops are not made deterministic by it), so the replay is exact.
-    Without it tf.data's parallel maps may reorder neighbouring examples, as in any run.
+    ``deterministic``; ops are not made deterministic by it), so the replay is exact;
+    ``run_training`` sets it whenever an epoch can start inside a pass (--checkpoint_every,
+    a mid-epoch resume, --steps_per_epoch not a multiple of P). Without it tf.data's parallel
+    maps may reorder neighbouring examples, as in any run.
     """
 
     def __init__(self, config, replay=False):
@@ -320,10 +322,11 @@ def run_training(config: TrainConfig, callbacks=(), recipe=None):
     start_epoch, start_step = (
         ResumableCheckpoint(checkpoint_dir).saved_position() if action == "resume" else (0, 0)
     )
-    stream, evaluation, info, eval_info = load_data(
-        config, strategy.num_replicas_in_sync, replay=bool(config.checkpoint_every or start_step)
-    )
+    stream, evaluation, info, eval_info = load_data(config, strategy.num_replicas_in_sync)
     steps = config.steps_per_epoch or stream.batches_per_pass
+    # An epoch that starts inside a pass skips that pass's first batches: they must be the
+    # ones trained before (mid-epoch resumes, epochs shorter or longer than a pass).
+    stream.replay = bool(config.checkpoint_every or start_step or steps % stream.batches_per_pass)
     position = RunPosition(steps)
     # Every worker resumes from the chief's checkpoints; only the chief writes them.
     checkpoint = ResumableCheckpoint(checkpoint_dir, write=chief, every=config.checkpoint_every, position=position)
