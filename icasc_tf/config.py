@@ -34,7 +34,8 @@ class TrainConfig:
     image_size: int = _opt(0, "Input size in pixels; 0 = the dataset's default.")
     arch: str = _opt("resnet20", "Backbone name (see icasc_tf.backbones.BACKBONES).")
     arch_options: list = _opt([], "Backbone options as key=value, e.g. depth=16,width=4 for wrn.")
-    weights: str = _opt("", "Local file of pretrained backbone weights (.keras/.weights.h5/.h5).")
+    weights: str = _opt("", "Pretrained backbone weights: 'imagenet' (vgg19, resnet50, resnet101, through the "
+                        "Keras cache) or a local .keras/.weights.h5/.h5 file.")
     # The method.
     baseline: bool = _opt(False, "Train the plain classifier (all attention loss weights 0).")
     attention: str = _opt("ach", "Attention map of the losses.", ("ach", "gradcam", "apx"))
@@ -127,6 +128,12 @@ class TrainConfig:
         for name, known in (("dataset", DATASETS), ("arch", BACKBONES)):
             if getattr(self, name) not in known:
                 raise ValueError(f"--{name}={getattr(self, name)}: unknown; choose one of {', '.join(known)}.")
+        from icasc_tf.backbones import check_weights
+
+        try:
+            check_weights(self.arch, self.weights or None)
+        except (ValueError, FileNotFoundError) as error:
+            raise type(error)(f"--weights={self.weights}: {error}") from None
         self.float_loss_weights()
         self.options("dataset_config")
         self.options("arch_options")

@@ -167,11 +167,16 @@ def test_batch_scalars_and_attention_images_every_n_steps(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags"))))
-def test_flagfiles_parse_and_validate(path):
+def test_flagfiles_parse_and_validate(path, tmp_path, monkeypatch):
     values = flags.FlagValues()
     run_config.define_flags(values)
     values(["train.py", f"--flagfile={path}"])
-    config = run_config.from_flags(values).validate()
+    config = run_config.from_flags(values)
+    if config.weights and config.weights != "imagenet":  # a converted file the user brings
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / config.weights).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / config.weights).write_bytes(b"")
+    config.validate()
     assert config.epochs > 0 and config.model_dir.startswith("runs/")
     header = open(path).readline()
     assert header.startswith("# ")
@@ -193,6 +198,8 @@ def _train_script(*args, env=None, timeout=240):
         (["--dataset=caltech256", "--manual_dir=/nonexistent"], "256_ObjectCategories"),
         (["--checkpoint_every=-1"], "--checkpoint_every must be >= 0; got -1."),
         (["--attention_images_every=-3"], "--attention_images_every must be >= 0; got -3."),
+        (["--arch=resnet18", "--weights=imagenet"], "--weights=imagenet: weights='imagenet' is not available for backbone 'resnet18'"),
+        (["--weights=/nonexistent/x.h5"], "--weights=/nonexistent/x.h5: No weights file at"),
     ],
 )
 def test_bad_input_exits_with_one_clear_line(tmp_path, args, message):
