@@ -272,7 +272,9 @@ class AttentionImages(keras.callbacks.Callback):
         from icasc_tf import visualize
 
         model = self.model
-        logits = model.predict(self.images, verbose=0)
+        # A direct call, not predict(): under MultiWorkerMirroredStrategy predict() gathers across
+        # workers, and only the chief draws the images.
+        logits = keras.ops.convert_to_numpy(model(self.images, training=False))
         probs = probabilities(logits, self.multi_label).numpy()
         if self.multi_label:
             truth = np.argmax(np.where(self.labels > 0, probs, -1.0), axis=-1)  # best-scored positive

@@ -220,10 +220,17 @@ def fine_tuning_warning(config):
         return ""  # no recipes to read: no warning either
     if designated is None or not designated.fine_tunes:
         return ""
+    from icasc_tf.backbones import IMAGENET_WEIGHTS
+
+    fix = (
+        "--weights=imagenet fine-tunes keras.applications' ImageNet weights"
+        if config.arch in IMAGENET_WEIGHTS
+        else f"docs/weights.md converts ImageNet weights for {config.arch}"
+    )
     return (
         f"warning: the paper fine-tunes ImageNet-pretrained weights on {config.dataset}; without "
         f"--weights this run trains {config.arch} from scratch, and its numbers are not comparable "
-        "with the paper's."
+        f"with the paper's ({fix})."
     )
 
 

@@ -304,11 +304,13 @@ def _fixed_batch(dataset, count):
 def run_training(config: TrainConfig, callbacks=(), recipe=None):
     """Train (or resume) the run described by ``config``; return the final metrics dict.
 
-    ``callbacks`` are added to the run's own (the study times steps with one); ``recipe``
-    (text) is recorded at the head of flags.txt. Each epoch is one ``model.fit`` call on
-    that epoch's batches of the ``TrainingStream`` (a fit covering all epochs could not
-    start an epoch at a given step or give an epoch its own order); ``initial_epoch`` and
-    ``epochs`` are the run's, so Keras's progress bar counts the run's epochs.
+    ``callbacks`` are added to the run's own; ``recipe`` (text) is recorded at the head of
+    flags.txt. Each epoch is one ``model.fit`` call on that epoch's batches of the
+    ``TrainingStream`` (a fit covering all epochs could not start an epoch at a given step
+    or give an epoch its own order); ``initial_epoch`` and ``epochs`` are the run's, so
+    Keras's progress bar counts the run's epochs. So ``callbacks`` see ``on_train_begin``
+    and ``on_train_end`` once per epoch: Keras's EarlyStopping and ReduceLROnPlateau reset
+    their state there and do not work across epochs here.
     """
     config.validate()
     strategy = make_strategy(config.strategy)
@@ -325,8 +327,11 @@ def run_training(config: TrainConfig, callbacks=(), recipe=None):
     stream, evaluation, info, eval_info = load_data(config, strategy.num_replicas_in_sync)
     steps = config.steps_per_epoch or stream.batches_per_pass
     # An epoch that starts inside a pass skips that pass's first batches: they must be the
-    # ones trained before (mid-epoch resumes, epochs shorter or longer than a pass).
-    stream.replay = bool(config.checkpoint_every or start_step or steps % stream.batches_per_pass)
+    # ones trained before (mid-epoch resumes, epochs shorter or longer than a pass). Workers
+    # shard the batches by position, so they must agree on the order too.
+    stream.replay = bool(
+        config.checkpoint_every or start_step or steps % stream.batches_per_pass or config.strategy == "multi_worker"
+    )
     position = RunPosition(steps)
     # Every worker resumes from the chief's checkpoints; only the chief writes them.
     checkpoint = ResumableCheckpoint(checkpoint_dir, write=chief, every=config.checkpoint_every, position=position)

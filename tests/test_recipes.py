@@ -41,7 +41,8 @@ def test_dataset_and_arch_take_the_matching_flagfile_without_weights():
     )
     assert resolution.warnings == [
         "warning: the paper fine-tunes ImageNet-pretrained weights on caltech256; without --weights this "
-        "run trains vgg19 from scratch, and its numbers are not comparable with the paper's."
+        "run trains vgg19 from scratch, and its numbers are not comparable with the paper's "
+        "(--weights=imagenet fine-tunes keras.applications' ImageNet weights)."
     ]
 
 
@@ -75,7 +76,9 @@ def test_a_backbone_without_recipe_takes_the_dataset_recipe_without_its_backbone
         "recipe: flags/caltech256_resnet18_n30.flags, caltech256's recipe (none for resnet50: not its --arch, "
         "--arch_options, --weights; --model_dir=runs/caltech256_resnet50)"
     )
-    assert "trains resnet50 from scratch" in resolution.warnings[0]
+    assert "trains resnet50 from scratch" in resolution.warnings[0] and "--weights=imagenet" in resolution.warnings[0]
+    resnet18 = config_from_argv(["train.py", "--dataset=caltech256"]).warnings[0]
+    assert "(docs/weights.md converts ImageNet weights for resnet18)" in resnet18
     # VOC's recipe sets --arch_options=stem=imagenet for resnet18: not carried to resnet50.
     voc = config_from_argv(["train.py", "--dataset=voc2012", "--arch=resnet50"]).config
     assert voc.arch_options == [] and voc.image_size == 299 and voc.eval_split == "validation"

@@ -233,8 +233,10 @@ def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
     ports = [_free_port(), _free_port()]
     workers = [f"127.0.0.1:{p}" for p in ports]
     args = [
-        "--strategy=multi_worker", "--epochs=1", "--steps_per_epoch=2", "--eval_steps=1",
-        "--batch_size=8", "--attention_images=0", "--verbose=0", "--deterministic", "--arch=resnet8",
+        # Two epochs (one fit each), step checkpoints and the chief's attention images (which
+        # must not call into the workers' collectives).
+        "--strategy=multi_worker", "--epochs=2", "--steps_per_epoch=2", "--checkpoint_every=1", "--eval_steps=1",
+        "--batch_size=8", "--attention_images=2", "--verbose=0", "--deterministic", "--arch=resnet8",
         f"--model_dir={tmp_path}/run", f"--data_dir={tmp_path}/tfds",
         "--dataset_config=num_train=64,num_test=16",
     ]
@@ -259,4 +261,5 @@ def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
     assert len(chief.trainable_weights) > 10
     for a, b in zip(chief.trainable_weights, other.trainable_weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert (tmp_path / "run" / "metrics.json").exists()
+    assert (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / "logs" / "attention").is_dir()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["optimizer_steps"] == 4
