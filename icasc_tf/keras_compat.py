@@ -67,6 +67,12 @@ class KerasCompat:
         (``for _, _, it in iterator``) of that version.
         """
         strategy = self._distribute_strategy
+        if strategy is not None and self._symbolically_built():
+            # Keras 3.15 reads a batch from the epoch's iterator on every fit/evaluate call,
+            # built or not: a dataset is then iterated twice per call (its shuffle buffer
+            # filled twice, a reshuffling pipeline trained in its second order). Nothing is
+            # left to build, so read nothing.
+            return None
         if iterator is not None and strategy is not None:
             for _, _, it in iterator:
                 data_batch = tf.nest.map_structure(
@@ -75,6 +81,16 @@ class KerasCompat:
                 break
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _symbolically_built(self):
+        """What Keras 3.15's ``Trainer._symbolic_build`` checks before it builds anything."""
+        parts = [
+            all(layer.built for layer in self._flatten_layers()),
+            self._compile_metrics is None or self._compile_metrics.built,
+            self._compile_loss is None or self._compile_loss.built,
+            self.optimizer is None or self.optimizer.built,
+        ]
+        return all(parts)
 
     def fit(self, *args, **kwargs):
         with label_errors_as_value_errors():

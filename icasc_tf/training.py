@@ -173,11 +173,12 @@ class TrainingStream:
         c = self.config
         return load_dataset(
             c.dataset, c.train_split, c.batch_size, training=True, seed=pass_seed(c.seed, index),
-            deterministic=c.deterministic or self.replay, **_data_options(c),
+            deterministic=c.deterministic or self.replay, reshuffle_each_iteration=False,
+            **_data_options(c),
         )
 
     def batches(self, first, count):
-        """``count`` batches from the run's batch ``first`` on, as one dataset (iterate it once)."""
+        """``count`` batches from the run's batch ``first`` on, as one dataset."""
         p0, skip = divmod(first, self.batches_per_pass)
         last = (first + count - 1) // self.batches_per_pass
         dataset = self._pass(p0)[0]

@@ -9,7 +9,9 @@ For each run, on the first test images, at the last layer:
   off the strokes ("canvas channels"). Reported: the share of channels that are canvas
   channels; the share of the target's and the confusing class's map mass that comes from
   them (the map is sum_k alpha_k F_k, so each channel's part is exact); and how many classes
-  weigh a canvas channel vs an ink channel positively (alpha_k^c > 0 for c in 0..9).
+  weigh a canvas channel vs an ink channel positively (alpha_k^c > 0 for c in 0..9), and
+  the overlap of the target's and the confusing class's channel weights (their soft IoU:
+  0 when the two maps are built from disjoint channels).
 
 Attention built from canvas channels separates the two classes' maps without looking at
 the digits, which is how L_AS can fall while localization gets worse (BUILD_NOTES.md).
@@ -100,6 +102,12 @@ def anatomy(model, images, labels, ink):
         result[f"{kind}_from_canvas_channels"] = float(
             np.mean(mass[:, canvas].sum(1) / np.maximum(mass.sum(1), 1e-12))
         )
+    # Separation in channel space: the soft IoU of the target's and the confusing class's
+    # channel weights (0: the two maps are built from disjoint channels, wherever they fire).
+    at, ac = alpha["target"], alpha["confusing"]
+    result["channel_weight_overlap"] = float(
+        np.mean(2 * np.minimum(at, ac).sum(1) / np.maximum((at + ac).sum(1), 1e-12))
+    )
     breadth = (alpha_all > 1e-3 * alpha_all.max()).mean(axis=0).sum(axis=0)  # [K]: classes per channel
     result["classes_per_canvas_channel"] = float(breadth[canvas].mean()) if canvas.any() else float("nan")
     result["classes_per_ink_channel"] = float(breadth[live & ~canvas].mean()) if (live & ~canvas).any() else float("nan")
@@ -114,6 +122,7 @@ COLUMNS = (
     ("canvas_channels", "canvas channels"),
     ("target_from_canvas_channels", "T from canvas ch."),
     ("confusing_from_canvas_channels", "C from canvas ch."),
+    ("channel_weight_overlap", "T/C channel-weight overlap"),
     ("classes_per_canvas_channel", "classes/canvas ch."),
     ("classes_per_ink_channel", "classes/ink ch."),
 )

@@ -108,14 +108,13 @@ def test_stream_batches_are_a_function_of_seed_and_position(tmp_path):
         TrainingStream(_config(tmp_path, "unused", dataset_config=["num_train=32", "num_test=16"], batch_size=64))
 
 
-@pytest.mark.xfail(strict=True, reason="load_dataset reshuffles per iteration: see the test's docstring")
 def test_a_stream_range_gives_the_same_batches_each_time_it_is_iterated(tmp_path):
     """``fit`` iterates its dataset twice (Keras's ``_maybe_symbolic_build`` peeks a batch, then
     the epoch starts a new iterator), and a pass split across two epochs is iterated afresh in
-    each: its order must not depend on how often its pipeline was iterated. Today each pass
-    pipeline reshuffles per iteration (``reshuffle_each_iteration``, ``rerandomize_each_iteration``
-    in ``icasc_tf.data.pipeline``), so an epoch crossing a pass boundary trains that pass's head
-    from one permutation and the next epoch its rest from another (examples repeated and missed)."""
+    each: its order must not depend on how often its pipeline was iterated, or an epoch crossing
+    a pass boundary would train that pass's head from one permutation and the next epoch its
+    rest from another (examples repeated and missed). Pass pipelines are built with
+    ``reshuffle_each_iteration=False``."""
     config = _config(tmp_path, "unused", dataset_config=["num_train=32", "num_test=16"])
     dataset = TrainingStream(config, replay=True).batches(2, 4)  # pass 0's last two, pass 1's first two
 

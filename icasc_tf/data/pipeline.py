@@ -256,6 +256,7 @@ def load_dataset(
     with_boxes: bool = False,
     drop_remainder: bool | None = None,
     crops: str = "single",
+    reshuffle_each_iteration: bool = True,
     **config,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Batches of `(images, labels)` or `(images, labels, boxes)` from one split of `name`.
@@ -266,6 +267,9 @@ def load_dataset(
     `config` holds the builder
     options of the datasets built here (cluttered_digits, caltech256). `deterministic=True` fixes
     the order and the augmentation for a `seed`; evaluation always keeps the split's order.
+    `reshuffle_each_iteration=False` makes every iteration of the returned dataset draw the same
+    order and augmentation (one pass of a training stream; Keras may iterate a dataset twice);
+    by default each iteration (epoch) draws new ones.
     Images are float32 RGB in [0, 1] (CIFAR-100: minus the train pixel mean), [B, H, W, 3] or
     [B, 10, H, W, 3] with crops="ten"; labels int32 [B], or multi-hot float32 [B, C] for
     multi-label data; boxes float32 [B, 4] `[ymin, xmin, ymax, xmax]` in the output image.
@@ -302,9 +306,11 @@ def load_dataset(
         dataset = dataset.cache()
     if training:
         buffer = num_examples if spec.in_memory else min(num_examples, _MAX_SHUFFLE_BUFFER)
-        dataset = dataset.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(
+            max(buffer, 1), seed=seed, reshuffle_each_iteration=reshuffle_each_iteration
+        )
         # One stateless seed per example, new each epoch, fixed by `seed` for a whole run.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle_each_iteration)
         dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
 
     recipe = dict(
