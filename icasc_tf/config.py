@@ -59,11 +59,15 @@ class TrainConfig:
     momentum: float = _opt(0.9, "SGD momentum.")
     nesterov: bool = _opt(False, "Nesterov momentum.")
     weight_decay: float = _opt(5e-4, "PyTorch-style SGD weight decay, as L2 on kernels.")
-    lr_schedule: str = _opt("cosine", "step: x lr_decay at lr_boundaries; cosine: one cycle.", ("step", "cosine", "constant"))
+    lr_schedule: str = _opt(
+        "cosine", "step: x lr_decay at lr_boundaries; cosine: one cycle.", ("step", "cosine", "constant")
+    )
     lr_boundaries: list = _opt([], "Epochs at which the step schedule decays, e.g. 81,122.")
     lr_decay: float = _opt(0.1, "Factor of each step decay.")
     lr_step_every: int = _opt(0, "Step schedule: decay every N epochs (instead of lr_boundaries).")
-    head_lr_multiplier: float = _opt(1.0, "Learning-rate factor of the classifier and painless modules (fine-tuning: 10).")
+    head_lr_multiplier: float = _opt(
+        1.0, "Learning-rate factor of the classifier and painless modules (fine-tuning: 10)."
+    )
     # Where and how.
     model_dir: str = _opt("runs/default", "Folder of the run: flags, checkpoints, logs, best model, metrics.")
     data_dir: str = _opt("", "TFDS data folder (default ~/tensorflow_datasets).")
@@ -115,7 +119,8 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive; got {getattr(self, name)}.")
         for name in ("steps_per_epoch", "eval_steps", "image_size", "painless_depth", "attention_images",
-                     "attention_images_every", "checkpoint_every", "lr_step_every", "weight_decay", "momentum", "painless_gamma", "attention_warmup"):
+                     "attention_images_every", "checkpoint_every", "lr_step_every", "weight_decay", "momentum",
+                     "painless_gamma", "attention_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0; got {getattr(self, name)}.")
         for f in dataclasses.fields(self):

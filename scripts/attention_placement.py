@@ -43,12 +43,11 @@ flags.DEFINE_string("output_json", "", "Also write the figures here.")
 
 def _class_maps(model, images, classes):
     """Last-layer feature map F, and alpha_k^c for each column of ``classes`` ([N, k] ids)."""
+    import keras
     import numpy as np
     import tensorflow as tf
 
     from icasc_tf import method
-
-    import keras
 
     selectors = [tf.one_hot(classes[:, j], model.num_classes) for j in range(classes.shape[1])]
     backbone = model.backbone
@@ -110,7 +109,8 @@ def anatomy(model, images, labels, ink):
     )
     breadth = (alpha_all > 1e-3 * alpha_all.max()).mean(axis=0).sum(axis=0)  # [K]: classes per channel
     result["classes_per_canvas_channel"] = float(breadth[canvas].mean()) if canvas.any() else float("nan")
-    result["classes_per_ink_channel"] = float(breadth[live & ~canvas].mean()) if (live & ~canvas).any() else float("nan")
+    ink_channels = live & ~canvas
+    result["classes_per_ink_channel"] = float(breadth[ink_channels].mean()) if ink_channels.any() else float("nan")
     return result
 
 

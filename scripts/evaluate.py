@@ -29,7 +29,9 @@ flags.DEFINE_string("manual_dir", None, "Folder of manually downloaded archives;
 flags.DEFINE_integer("batch_size", None, "Batch size; default the run's, else 64.")
 flags.DEFINE_integer("image_size", None, "Input size in pixels; default the run's (0 = dataset default).")
 flags.DEFINE_list("dataset_config", None, "Dataset builder options key=value; default the run's.")
-flags.DEFINE_string("attention", None, "Map for localization/faithfulness: ach, gradcam, apx, gradcampp; default the model's.")
+flags.DEFINE_string(
+    "attention", None, "Map for localization/faithfulness: ach, gradcam, apx, gradcampp; default the model's."
+)
 flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches.")
 flags.DEFINE_bool("ten_crop", False, "Also report ten-crop accuracy (datasets that define ten crops).")
 flags.DEFINE_string("output", None, "Results JSON path; default <model_dir>/eval_<split>.json.")

@@ -217,7 +217,8 @@ def test_evaluate_model_ten_crop_of_identical_crops_equals_single_crop(single_la
     ten = tf.data.Dataset.from_tensor_slices((np.repeat(images[:, None], 10, axis=1), labels)).batch(4)
     results = evaluate_model(single_label_model, ten, _info(), max_batches=1)
     assert results["crops"] == "ten" and results["examples"] == 4 and "as_inner" not in results
-    first = evaluate_model(single_label_model, tf.data.Dataset.from_tensor_slices((images[:4], labels[:4])).batch(4), _info())
+    four = tf.data.Dataset.from_tensor_slices((images[:4], labels[:4])).batch(4)
+    first = evaluate_model(single_label_model, four, _info())
     assert results["top1"] == pytest.approx(first["top1"])
     assert results["ks_statistic"] == pytest.approx(first["ks_statistic"])
     assert "pointing_game_last" not in single  # no boxes, no localization
@@ -280,7 +281,8 @@ def test_script_evaluates_a_run_folder(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model_dir=/nonexistent/run"], "--model_dir=/nonexistent/run does not exist: pass the folder of a training run."),
+        (["--model_dir=/nonexistent/run"],
+         "--model_dir=/nonexistent/run does not exist: pass the folder of a training run."),
         ([], "Pass --model_dir (a training run folder) or --model (a .keras file)."),
         (["--model=/nonexistent/model.keras"], "Model file /nonexistent/model.keras does not exist."),
     ],
@@ -295,7 +297,8 @@ def test_script_rejects_a_missing_final_model_and_an_unknown_dataset(tmp_path):
     model_dir = _tiny_run(tmp_path)
     done = _run_script(f"--model_dir={model_dir}", "--final")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == f"evaluate.py: error: Model file {model_dir / 'final.keras'} does not exist."
+    want = f"evaluate.py: error: Model file {model_dir / 'final.keras'} does not exist."
+    assert done.stderr.strip().splitlines()[-1] == want
     done = _run_script(f"--model_dir={model_dir}", "--dataset=no_such_data")
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]

@@ -152,7 +152,8 @@ def test_script_prints_the_recipe_and_warning_then_fails_on_missing_data_writing
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "train.py: recipe: flags/caltech256_vgg19_n30.flags, the paper's recipe for caltech256 + vgg19" in result.stdout
+    recipe_line = "train.py: recipe: flags/caltech256_vgg19_n30.flags, the paper's recipe for caltech256 + vgg19"
+    assert recipe_line in result.stdout
     assert "train.py: warning: the paper fine-tunes ImageNet-pretrained weights on caltech256" in result.stderr
     error = result.stderr[result.stderr.index("train.py: error:"):]  # the missing-data message (several lines)
     assert "256_ObjectCategories" in error and "--manual_dir" in error and str(tmp_path / "manual") in error, error

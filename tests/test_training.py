@@ -198,7 +198,8 @@ def _train_script(*args, env=None, timeout=240):
         (["--dataset=caltech256", "--manual_dir=/nonexistent"], "256_ObjectCategories"),
         (["--checkpoint_every=-1"], "--checkpoint_every must be >= 0; got -1."),
         (["--attention_images_every=-3"], "--attention_images_every must be >= 0; got -3."),
-        (["--arch=resnet18", "--weights=imagenet"], "--weights=imagenet: weights='imagenet' is not available for backbone 'resnet18'"),
+        (["--arch=resnet18", "--weights=imagenet"],
+         "--weights=imagenet: weights='imagenet' is not available for backbone 'resnet18'"),
         (["--weights=/nonexistent/x.h5"], "--weights=/nonexistent/x.h5: No weights file at"),
     ],
 )
@@ -246,7 +247,8 @@ def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
     load_dataset("cluttered_digits", "train", 8, data_dir=str(tmp_path / "tfds"), num_train=64, num_test=16)
     procs = []
     for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        cluster = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(cluster))
         procs.append(subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -94,7 +94,9 @@ class _Pass:
             if images.shape[1] != TEN_CROPS:
                 raise ValueError(f"Ten-crop images must be [batch, 10, H, W, C]; got {tuple(images.shape)}.")
             flat = tf.reshape(images, [-1] + images.shape[2:].as_list())
-            probabilities = tf.reshape(self._probabilities(self._forward(flat)), [-1, TEN_CROPS, self.model.num_classes])
+            probabilities = tf.reshape(
+                self._probabilities(self._forward(flat)), [-1, TEN_CROPS, self.model.num_classes]
+            )
             # Average the 10 crops' probabilities, then score them like one prediction.
             probabilities = tf.reduce_mean(probabilities, axis=1)
         else:
