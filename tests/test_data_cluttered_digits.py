@@ -1,4 +1,8 @@
-"""The bundled cluttered-digits builder: determinism, boxes, disjoint source pools, pipeline."""
+"""The bundled cluttered-digits builder: determinism, boxes, disjoint source pools, pipeline.
+
+The textured config gets the same checks as the default one, plus what makes it textured: no
+empty region, a dim background under unchanged digits, and a one-line note on first build.
+"""
 
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ from icasc_tf.data import load_dataset
 from icasc_tf.data.cluttered_digits import (
     DEFAULT_CONFIG,
     SOURCE_SIZE,
+    TEXTURED_CONFIG,
     make_config,
     render_example,
     source_digits,
@@ -144,3 +149,128 @@ def test_bad_options_are_named():
         make_config(canvas_size=8)
     with pytest.raises(ValueError, match="cluttered_digits"):
         load_dataset("mnist", "train", 8)
+
+
+# ---- The textured config: the checks above again, then what makes it textured. ----
+
+TEXTURED = dict(background="textured", **OPTIONS)
+WINDOW = 4  # a quarter of the target's side: the scale of a stroke, smaller than any digit
+
+
+def _windows(layer):
+    """Every WINDOW x WINDOW window (stride 1) of a 2-D array, flattened: [N, WINDOW**2]."""
+    view = np.lib.stride_tricks.sliding_window_view(layer, (WINDOW, WINDOW))
+    return view.reshape(-1, WINDOW * WINDOW)
+
+
+@pytest.fixture(scope="module")
+def textured(data_dir):
+    return _build(data_dir, **TEXTURED)
+
+
+def test_textured_config_is_named_and_selected_by_the_background_option():
+    assert make_config(background="textured") is TEXTURED_CONFIG
+    assert make_config(background="empty") is DEFAULT_CONFIG
+    assert make_config(**TEXTURED).name == "textured_num_test30_num_train60"
+    assert make_config(**OPTIONS).name == "num_test30_num_train60"  # default paths unchanged
+    assert tfds.builder("cluttered_digits/textured").builder_config is TEXTURED_CONFIG
+    with pytest.raises(ValueError, match="background"):
+        make_config(background="grass")
+    with pytest.raises(ValueError, match="only with background=textured"):
+        make_config(background_contrast=0.2)
+
+
+def test_textured_same_seed_builds_the_same_data_and_another_seed_does_not(textured, tmp_path):
+    again = _build(tmp_path / "again", **TEXTURED)
+    other = _build(tmp_path / "other", data_seed=1, **TEXTURED)
+    for split in ("train", "test"):
+        assert _signature(again[split]) == _signature(textured[split])
+        assert _signature(other[split]) != _signature(textured[split])
+
+
+def test_textured_split_sizes_labels_and_distractor_classes(textured):
+    test_split_sizes_labels_and_distractor_classes(textured)
+
+
+def test_textured_no_test_composite_uses_a_training_source_digit(textured):
+    test_no_test_composite_uses_a_training_source_digit(textured)
+    # The background fragments too: they are drawn from the example's own split.
+    config = make_config(**TEXTURED)
+    pools = source_pools(config)
+    for split, count in (("train", 60), ("test", 30)):
+        for index in range(0, count, 7):
+            fragments = render_example(config, split, index).background_indices
+            assert len(fragments) > 0 and set(fragments) <= set(pools[split])
+
+
+def test_textured_target_digit_lies_inside_its_tight_box(textured):
+    test_the_target_digit_lies_inside_its_tight_box(textured)
+
+
+def test_textured_examples_are_the_default_ones_over_a_background():
+    """Same target, box, distractors and label as the default example: only the canvas differs."""
+    plain, config = make_config(**OPTIONS), make_config(**TEXTURED)
+    for split in ("train", "test"):
+        for index in range(10):
+            a, b = render_example(plain, split, index), render_example(config, split, index)
+            assert a.label == b.label
+            assert np.array_equal(a.box, b.box)
+            assert np.array_equal(a.target_layer, b.target_layer)
+            assert np.array_equal(a.source_indices, b.source_indices)
+            # Max-compositing: the digits are kept, the background only fills under them.
+            assert np.array_equal(b.image, np.maximum(a.image, b.image))
+            background = np.round(b.background_layer * 255)
+            assert np.array_equal(b.image[..., 0], np.maximum(a.image[..., 0], background))
+            assert a.background_indices.size == 0 and not a.background_layer.any()
+
+
+def test_textured_canvas_has_no_empty_region_and_stays_dim():
+    """Every 4x4 window holds dim, varying structure; the digits' ink stays far brighter.
+
+    Thresholds: the background is contrast 0.3 x (0.15 floor + 0.35 uniform noise + 0.5
+    fragments), so every pixel is >= 0.045 (11.5/255) and a window of 16 noisy pixels has a
+    standard deviation around 7.7/255 (of 2,000 examples the lowest was 2.8/255); 1/255 means
+    "not flat" with a wide margin. On the default canvas most windows are pure zero.
+    """
+    config, plain = make_config(**TEXTURED), make_config(**OPTIONS)
+    for split in ("train", "test"):
+        for index in range(10):
+            example = render_example(config, split, index)
+            background = _windows(example.background_layer)
+            image = _windows(example.image[..., 0].astype(np.float64))
+            assert background.std(axis=1).min() >= 1 / 255  # structure in every window
+            assert image.min() >= 11  # no black pixel left on the stored image
+            assert example.background_layer.max() <= 0.35
+            assert example.image.max() == 255  # the digits' ink is still full scale
+            empty = _windows(render_example(plain, split, index).image[..., 0]).max(axis=1) == 0
+            assert empty.mean() > 0.2  # the default canvas does have empty regions
+
+
+def test_textured_pipeline_batches_boxes(textured, data_dir):
+    kwargs = dict(data_dir=str(data_dir), with_boxes=True, deterministic=True, **TEXTURED)
+    dataset, info = load_dataset("cluttered_digits", "train", 16, **kwargs)
+    images, labels, boxes = next(iter(dataset.as_numpy_iterator()))
+    assert images.shape == (16, 32, 32, 3) and images.dtype == np.float32
+    assert labels.shape == (16,) and labels.dtype == np.int32
+    assert boxes.shape == (16, 4) and np.all((boxes >= 0) & (boxes <= 1))
+    assert images.min() >= 11 / 255 and images.max() == 1.0
+    assert info.tfds_name == "cluttered_digits/textured_num_test30_num_train60"
+    stored = {ex["source_indices"].tobytes(): ex["image"] for ex in textured["train"]}
+    example = render_example(make_config(**TEXTURED), "train", 0)
+    assert np.array_equal(stored[example.source_indices.tobytes()], example.image)
+
+
+def test_first_preparation_says_it_generates_and_not_unknown_size(tmp_path, capfd):
+    builder = tfds.builder("cluttered_digits", config=make_config(**TEXTURED), data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    first = capfd.readouterr()
+    output = first.out + first.err
+    assert (
+        f"Generating the bundled cluttered_digits dataset (config "
+        f"textured_num_test30_num_train60) into {builder.data_dir}: about 1 s, once." in output
+    )
+    assert "Unknown size" not in output and "Downloading" not in output
+    assert "later runs reuse it" in output
+    builder.download_and_prepare()  # prepared: silent
+    again = capfd.readouterr()
+    assert "Generating the bundled" not in again.out + again.err
