@@ -11,7 +11,8 @@ For each run, on the first test images, at the last layer:
   them (the map is sum_k alpha_k F_k, so each channel's part is exact); and how many classes
   weigh a canvas channel vs an ink channel positively (alpha_k^c > 0 for c in 0..9), and
   the overlap of the target's and the confusing class's channel weights (their soft IoU:
-  0 when the two maps are built from disjoint channels).
+  0 when the two maps are built from disjoint channels), and the median ratio of the target
+  map's total mass to the confusing class's (separation by magnitude).
 
 Attention built from canvas channels separates the two classes' maps without looking at
 the digits, which is how L_AS can fall while localization gets worse (BUILD_NOTES.md).
@@ -101,6 +102,11 @@ def anatomy(model, images, labels, ink):
         result[f"{kind}_from_canvas_channels"] = float(
             np.mean(mass[:, canvas].sum(1) / np.maximum(mass.sum(1), 1e-12))
         )
+    # Separation by magnitude: L_AS compares the maps unnormalised, so a target map much
+    # larger than the confusing one has little overlap min(A_T, A_C) wherever both lie.
+    mass_t = np.maximum((alpha["target"][:, None, None, :] * features).sum(-1), 0).sum(axis=(1, 2))
+    mass_c = np.maximum((alpha["confusing"][:, None, None, :] * features).sum(-1), 0).sum(axis=(1, 2))
+    result["target_to_confusing_mass"] = float(np.median(mass_t / np.maximum(mass_c, 1e-12)))
     # Separation in channel space: the soft IoU of the target's and the confusing class's
     # channel weights (0: the two maps are built from disjoint channels, wherever they fire).
     at, ac = alpha["target"], alpha["confusing"]
@@ -122,6 +128,7 @@ COLUMNS = (
     ("canvas_channels", "canvas channels"),
     ("target_from_canvas_channels", "T from canvas ch."),
     ("confusing_from_canvas_channels", "C from canvas ch."),
+    ("target_to_confusing_mass", "T/C map mass (median)"),
     ("channel_weight_overlap", "T/C channel-weight overlap"),
     ("classes_per_canvas_channel", "classes/canvas ch."),
     ("classes_per_ink_channel", "classes/ink ch."),
