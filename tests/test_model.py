@@ -1,6 +1,7 @@
 """The ICASC model: per-sample correctness, second-order gradients, fit, distribution, saving."""
 
 import functools
+import warnings
 
 import keras
 import numpy as np
@@ -425,3 +426,15 @@ def test_mixed_precision_step_is_finite_and_keeps_float32_logits():
     for name in ("loss", "as_inner", "as_last", "ac"):
         assert np.isfinite(history.history[name][0]), name
     assert history.history["as_inner"][0] > 0
+
+
+def test_keras_compat_warns_on_an_untested_keras(monkeypatch):
+    from icasc_tf import keras_compat
+
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    with pytest.warns(UserWarning, match=r"tested with Keras 3\.15; this is Keras 3\.99\.0"):
+        keras_compat._check_keras_version()
+    monkeypatch.setattr(keras, "__version__", "3.15.1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keras_compat._check_keras_version()  # the tested version: silent
