@@ -5,6 +5,7 @@ Prints, from one process, the median time of a training step for:
   baseline  ICASC with every attention weight 0 (must cost the same as plain);
   batch     ICASC, bn_mode="batch";
   exact     ICASC, bn_mode="exact";
+  first     ICASC, bn_mode="batch", second_order=False (dY/dF detached);
 and the ratio of each to plain. Configurations are timed in interleaved rounds so
 that drift of the machine hits all of them alike.
 
@@ -36,7 +37,7 @@ flags.DEFINE_integer("batch_size", 64, "Batch size of every step.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per configuration (tracing, allocation).")
 flags.DEFINE_integer("steps", 3, "Timed steps per configuration and round.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds over the configurations.")
-flags.DEFINE_list("configs", ["plain", "baseline", "batch", "exact"], "Which steps to time.")
+flags.DEFINE_list("configs", ["plain", "baseline", "batch", "exact", "first"], "Which steps to time.")
 flags.DEFINE_bool("jit_compile", False, "Compile the steps with XLA.")
 
 
@@ -53,7 +54,9 @@ def _model(config):
         return model
     weights = (0.0, 0.0, 0.0) if config == "baseline" else (1.0, 1.0, 1.0)
     bn_mode = "exact" if config == "exact" else "batch"
-    model = ICASC(spec.model, **spec.icasc_layers(), loss_weights=weights, bn_mode=bn_mode)
+    model = ICASC(
+        spec.model, **spec.icasc_layers(), loss_weights=weights, bn_mode=bn_mode, second_order=config != "first"
+    )
     model.compile(optimizer, jit_compile=FLAGS.jit_compile)
     return model
 
