@@ -309,9 +309,9 @@ def run_training(config: TrainConfig, callbacks=(), recipe=None):
     flags.txt. Each epoch is one ``model.fit`` call on that epoch's batches of the
     ``TrainingStream`` (a fit covering all epochs could not start an epoch at a given step
     or give an epoch its own order); ``initial_epoch`` and ``epochs`` are the run's, so
-    Keras's progress bar counts the run's epochs. So ``callbacks`` see ``on_train_begin``
-    and ``on_train_end`` once per epoch: Keras's EarlyStopping and ReduceLROnPlateau reset
-    their state there and do not work across epochs here.
+    Keras's progress bar counts the run's epochs. ``callbacks`` still see one
+    ``on_train_begin`` and one ``on_train_end`` per run (``_OncePerRun``), so Keras's
+    EarlyStopping and ReduceLROnPlateau keep their state across epochs.
     """
     config.validate()
     strategy = make_strategy(config.strategy)
@@ -367,9 +367,10 @@ def run_training(config: TrainConfig, callbacks=(), recipe=None):
     log_dir = os.path.join(own_dir, "logs")
     summaries = TrainingSummaries(log_dir, config.summary_every, position)
     one_epoch = _OneEpochPerFit()
+    callers = [_OncePerRun(c) for c in callbacks]
     run_callbacks = [
         position,  # first: the others read the step just trained
-        *callbacks,
+        *callers,
         LearningRateLogger(),
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
@@ -411,6 +412,8 @@ def run_training(config: TrainConfig, callbacks=(), recipe=None):
                 )
             if one_epoch.stopped_by_callback or not position.epoch_complete:
                 break  # a callback stopped training
+        for caller in callers:
+            caller.finish({k: v[-1] for k, v in history.items()})
     finally:
         summaries.close()
         if images is not None:
@@ -432,6 +435,43 @@ def run_training(config: TrainConfig, callbacks=(), recipe=None):
     if chief:
         atomic_write_json(os.path.join(config.model_dir, "metrics.json"), summary)
     return summary
+
+
+class _OncePerRun(keras.callbacks.Callback):
+    """A caller's callback seen through one ``fit`` per epoch: ``on_train_begin`` once, at the
+    run's first epoch, and ``on_train_end`` once, at its end (``finish``), as if one ``fit`` ran,
+    so that e.g. EarlyStopping and ReduceLROnPlateau keep their state across epochs."""
+
+    _FORWARDED = (
+        "on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end",
+        "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
+    )
+
+    def __init__(self, callback):
+        super().__init__()
+        self.callback = callback
+        self._begun = False
+        for hook in self._FORWARDED:
+            setattr(self, hook, getattr(callback, hook))
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def on_train_begin(self, logs=None):
+        if not self._begun:
+            self._begun = True
+            self.callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def finish(self, logs=None):
+        self.callback.on_train_end(logs)
 
 
 class _OneEpochPerFit(keras.callbacks.Callback):

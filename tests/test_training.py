@@ -1,5 +1,6 @@
 """scripts/train.py and icasc_tf.training: a finished tool, tested on tiny bundled data."""
 
+import collections
 import glob
 import json
 import os
@@ -50,6 +51,32 @@ class StopAfterEpoch(keras.callbacks.Callback):
         if epoch == self.epoch:
             self.weights = [w.copy() for w in self.model.get_weights()]
             raise KeyboardInterrupt("killed")
+
+
+class Counter(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def on_train_begin(self, logs=None):
+        self.calls["train_begin"] += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls["epoch_end"] += 1
+
+    def on_train_end(self, logs=None):
+        self.calls["train_end"] += 1
+
+
+def test_callers_callbacks_see_one_fit_per_run(tmp_path):
+    """One fit per epoch inside; a caller's callbacks still see one run: EarlyStopping works."""
+    counter = Counter()
+    # min_delta so large that epoch 2 cannot improve on epoch 1: patience 0 stops the run there,
+    # unless on_train_begin (which resets EarlyStopping) were called again before epoch 2.
+    stopper = keras.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=0)
+    summary = run_training(tiny_config(tmp_path, epochs=4), callbacks=[counter, stopper])
+    assert dict(counter.calls) == {"train_begin": 1, "epoch_end": 2, "train_end": 1}
+    assert stopper.stopped_epoch == 1 and len(summary["history"]["loss"]) == 2
 
 
 def test_run_writes_everything_and_resumes(tmp_path):
