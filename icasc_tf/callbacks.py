@@ -98,27 +98,32 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         done = self.checkpoints()
         return done[-1][1] if done else None
 
+    def _saved(self):
+        latest = self.latest()
+        if latest is None:
+            return None, {}
+        with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
+            return latest, json.load(f)
+
     def saved_position(self):
         """(epochs done, steps done in the next epoch) of the latest checkpoint; (0, 0) if none."""
-        latest = self.latest()
-        if latest is None:
-            return 0, 0
-        with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
-            saved = json.load(f)
-        return int(saved["epochs_done"]), int(saved.get("step", 0))
+        _, saved = self._saved()
+        return int(saved.get("epochs_done", 0)), int(saved.get("step", 0))
 
-    def epochs_done(self):
-        """Epochs finished by the latest checkpoint (0 if none), read without a model."""
-        return self.saved_position()[0]
+    def restore(self, model, steps_per_epoch=None):
+        """Load the latest checkpoint into ``model`` (``saved_position()`` says where it stood).
 
-    def restore(self, model):
-        """Load the latest checkpoint into ``model``; return the epoch to resume from.
-
-        ``saved_position()`` tells the step within that epoch (a step checkpoint).
+        A step checkpoint's position means something only with the steps per epoch it was
+        written with: another ``steps_per_epoch`` is an error.
         """
-        latest = self.latest()
+        latest, saved = self._saved()
         if latest is None:
-            return 0
+            return
+        if saved.get("step") and saved.get("steps_per_epoch") not in (None, steps_per_epoch):
+            raise ValueError(
+                f"{latest} was written mid-epoch with {saved['steps_per_epoch']} steps per epoch; this run has "
+                f"{steps_per_epoch} (the training split changed?). Use another --model_dir, or --overwrite."
+            )
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(latest, "state.weights.h5"))
@@ -133,7 +138,6 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                     f"{len(model.optimizer.variables)}: it was written with other optimizer settings."
                 )
             model.optimizer.load_own_variables(state)
-        return self.epochs_done()
 
     def on_train_batch_end(self, batch, logs=None):
         position = self.position

@@ -349,8 +349,7 @@ def run_training(config: TrainConfig, callbacks=(), recipe=None):
         if chief:
             write_run_files(config, action, recipe)
         if action == "resume":
-            _check_resume_position(checkpoint, steps)
-            checkpoint.restore(model)
+            checkpoint.restore(model, steps_per_epoch=steps)
     if action == "resume":
         print(
             f"resuming {config.model_dir} at epoch {start_epoch + 1}, step {start_step} "
@@ -482,19 +481,6 @@ class _OneEpochPerFit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.stopped_by_callback = bool(self.model.stop_training)
         self.model.stop_training = True
-
-
-def _check_resume_position(checkpoint, steps):
-    latest = checkpoint.latest()
-    if latest is None:
-        return
-    with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
-        saved = json.load(f)
-    if saved.get("step") and saved.get("steps_per_epoch") not in (None, steps):
-        raise ValueError(
-            f"{latest} was written mid-epoch with {saved['steps_per_epoch']} steps per epoch; this run has "
-            f"{steps} (the training split changed?). Use another --model_dir, or --overwrite."
-        )
 
 
 def _previous_best(path, monitor):

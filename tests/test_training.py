@@ -94,7 +94,9 @@ def test_run_writes_everything_and_resumes(tmp_path):
     _, info = load_dataset("cluttered_digits", "train", 16, data_dir=config.data_dir, num_train=96, num_test=32)
     fresh = build_model(config, info)
     fresh.compile(keras.optimizers.SGD(learning_rate(config, 2), momentum=0.9))
-    assert ResumableCheckpoint(str(run / "checkpoints")).restore(fresh) == 2
+    checkpoints = ResumableCheckpoint(str(run / "checkpoints"))
+    checkpoints.restore(fresh, steps_per_epoch=2)
+    assert checkpoints.saved_position() == (2, 0)
     for restored, saved in zip(fresh.get_weights(), killer.weights):
         np.testing.assert_array_equal(restored, saved)
     assert int(fresh.optimizer.iterations.numpy()) == 4  # 2 epochs x 2 steps
