@@ -14,6 +14,9 @@ from icasc_tf import losses as L
 from icasc_tf.selection import confusing_one_hot, target_one_hot
 
 ATTENTION_TERMS = ("as_inner", "as_last", "ac")
+# Diagnostics, not losses: 1 where the target's map is all zero at that layer. Such a sample
+# leaves all three terms at once (zero mask: both L_AS are 0, L_AC sits at theta, no gradient).
+ZERO_MAP_TERMS = ("zero_target_inner", "zero_target_last")
 
 
 def class_gradients(tap, images, choose, *, training, head=None, dtype=tf.float32):
@@ -49,7 +52,8 @@ def attention_maps(attention, f_inner, f_last, gradients, dtype=tf.float32):
 
 
 def separation_and_consistency(target, confusing, *, sigma=0.55, omega=100.0, theta=0.8, mask_gradient=False):
-    """L_AS^in, L_AS^la and L_AC per sample (ICCV Eqs. 3-5) from (inner, last) map pairs."""
+    """L_AS^in, L_AS^la and L_AC per sample (ICCV Eqs. 3-5) from (inner, last) map pairs,
+    and the ``ZERO_MAP_TERMS`` diagnostics."""
     (a_inner_t, a_last_t), (a_inner_c, a_last_c) = target, confusing
     mask_last = L.target_mask(a_last_t, sigma=sigma, omega=omega)
     mask_inner = L.resize_map(mask_last, tf.shape(a_inner_t)[1:3])
@@ -59,7 +63,14 @@ def separation_and_consistency(target, confusing, *, sigma=0.55, omega=100.0, th
         "as_inner": L.attention_separation_loss(a_inner_t, a_inner_c, mask_inner),
         "as_last": L.attention_separation_loss(a_last_t, a_last_c, mask_last),
         "ac": L.attention_consistency_loss(a_inner_t, mask_inner, theta=theta),
+        "zero_target_inner": _all_zero(a_inner_t),
+        "zero_target_last": _all_zero(a_last_t),
     }
+
+
+def _all_zero(maps):
+    """1.0 per sample whose map ``[B, h, w]`` has no positive value (ReLU killed it), else 0.0."""
+    return tf.stop_gradient(tf.cast(tf.reduce_max(maps, axis=[1, 2]) <= 0, maps.dtype))
 
 
 def attention_terms(tap, images, labels, *, attention, num_classes, multi_label, training,

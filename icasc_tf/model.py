@@ -15,7 +15,7 @@ from icasc_tf.attention import get_attention
 from icasc_tf.feature_maps import feature_layer
 from icasc_tf.keras_compat import LABEL_ERROR, KerasCompat
 from icasc_tf.lr_multipliers import GradientScales
-from icasc_tf.method import ATTENTION_TERMS
+from icasc_tf.method import ATTENTION_TERMS, ZERO_MAP_TERMS
 from icasc_tf.selection import probabilities
 
 BN_MODES = ("batch", "exact")
@@ -109,7 +109,7 @@ class ICASC(KerasCompat, keras.Model):
         self._head = self._build_head(backbone, inner, last) if bn_mode == "exact" else None
         self._trackers = {
             name: keras.metrics.Mean(name=name)
-            for name in ("loss", "classification_loss") + ATTENTION_TERMS
+            for name in ("loss", "classification_loss") + ATTENTION_TERMS + ZERO_MAP_TERMS
         }
         self._gradient_scales = GradientScales(self.lr_multipliers)
         # Multiplies all attention terms; a warm-up callback ramps it from 0 to 1.
@@ -270,12 +270,12 @@ class ICASC(KerasCompat, keras.Model):
         self._trackers["classification_loss"].update_state(
             terms["classification_loss"], sample_weight=sample_weight
         )
-        for name in ATTENTION_TERMS:
+        for name in ATTENTION_TERMS + ZERO_MAP_TERMS:
             if name in terms:
                 self._trackers[name].update_state(terms[name], sample_weight=sample_weight)
         results = self.compute_metrics(x, y, terms["logits"], sample_weight=sample_weight)
         if not any(name in terms for name in ATTENTION_TERMS):
-            results = {k: v for k, v in results.items() if k not in ATTENTION_TERMS}
+            results = {k: v for k, v in results.items() if k not in ATTENTION_TERMS + ZERO_MAP_TERMS}
         return self.distributable_logs(results)
 
     # ------------------------------------------------------------------ inspection

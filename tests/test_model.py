@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from icasc_tf import ICASC, attention, losses
+from icasc_tf import ICASC, attention, losses, method
 from icasc_tf.selection import confusing_class, confusing_one_hot, target_one_hot
 from tests import reference as ref
 from tests.nets import tiny_convnet
@@ -71,6 +71,27 @@ def test_terms_match_numpy_reference_on_bn_free_net():
     np.testing.assert_allclose(got["as_inner"], ref.separation(a_in_t, a_in_c, m_in), rtol=2e-4, atol=1e-6)
     np.testing.assert_allclose(got["ac"], ref.consistency(a_in_t, m_in), rtol=2e-4, atol=1e-6)
     assert got["as_inner"].max() > 0.01
+    np.testing.assert_array_equal(got["zero_target_last"], (a_la_t.max(axis=(1, 2)) <= 0).astype("float32"))
+    np.testing.assert_array_equal(got["zero_target_inner"], (a_in_t.max(axis=(1, 2)) <= 0).astype("float32"))
+
+
+def test_an_all_zero_target_map_leaves_every_attention_term_and_is_counted():
+    """The second exit of the method: a zero last-layer target map gives a zero mask, so
+    L_AS^in = L_AS^la = 0 (to e^-55) and L_AC = theta for that sample, and the diagnostic counts it."""
+    rng = np.random.default_rng(3)
+    inner_t, inner_c = rng.random((2, 2, 8, 8)).astype("float32")
+    last_t, last_c = rng.random((2, 2, 4, 4)).astype("float32")
+    last_t[1] = 0.0  # sample 1: the target's last-layer map is all zero
+    terms = method.separation_and_consistency(
+        (tf.constant(inner_t), tf.constant(last_t)), (tf.constant(inner_c), tf.constant(last_c)), theta=0.8
+    )
+    got = {k: v.numpy() for k, v in terms.items()}
+    np.testing.assert_array_equal(got["zero_target_last"], [0.0, 1.0])
+    np.testing.assert_array_equal(got["zero_target_inner"], [0.0, 0.0])
+    # The mask is sigmoid(omega * (0 - sigma)) = e^-55 everywhere: zero to float32 precision.
+    assert got["as_last"][1] < 1e-20 and got["as_inner"][1] < 1e-20
+    np.testing.assert_allclose(got["ac"][1], 0.8, rtol=1e-6)
+    assert got["as_last"][0] > 0.05 and got["ac"][0] < 0.8
 
 
 def test_batched_terms_equal_one_sample_at_a_time_in_inference_mode():
@@ -264,7 +285,8 @@ def test_fit_reports_terms_and_learns(bn_mode):
     model.compile(keras.optimizers.SGD(0.1), metrics=["accuracy"])
     x, y = _data(n=32)
     history = model.fit(x, y, batch_size=8, epochs=4, verbose=0, validation_data=(x, y))
-    for name in ("loss", "classification_loss", "as_inner", "as_last", "ac", "accuracy", "val_as_inner", "val_loss"):
+    for name in ("loss", "classification_loss", "as_inner", "as_last", "ac", "accuracy", "val_as_inner", "val_loss",
+                 "zero_target_last", "val_zero_target_inner"):
         assert name in history.history and np.isfinite(history.history[name]).all(), name
     h = history.history
     total = h["classification_loss"][0] + h["as_inner"][0] + h["as_last"][0] + h["ac"][0]

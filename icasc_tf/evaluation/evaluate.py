@@ -13,11 +13,11 @@ from icasc_tf.evaluation.attention_metrics import (
 )
 from icasc_tf.evaluation.ks_chart import ks_chart
 from icasc_tf.evaluation.statistics import ks_statistic, multilabel_scores
-from icasc_tf.method import ATTENTION_TERMS
+from icasc_tf.method import ATTENTION_TERMS, ZERO_MAP_TERMS
 from icasc_tf.model import ICASC
 from icasc_tf.selection import confusing_class, probabilities
 
-SEPARATION_TERMS = ("classification_loss",) + ATTENTION_TERMS
+SEPARATION_TERMS = ("classification_loss",) + ATTENTION_TERMS + ZERO_MAP_TERMS
 TEN_CROPS = 10
 
 
