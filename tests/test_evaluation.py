@@ -205,9 +205,14 @@ def test_evaluate_model_single_label_with_boxes(single_label_model, tmp_path):
     assert -0.2 <= results["ac"] <= 0.8
     # The separation terms and top-1 are what Keras's own evaluation reports.
     keras_results = single_label_model.evaluate(dataset.map(lambda x, y, b: (x, y)), verbose=0, return_dict=True)
-    for key in ("as_inner", "as_last", "ac", "classification_loss"):
+    for key in ("as_inner", "as_last", "ac", "classification_loss", "zero_target_inner", "zero_target_last"):
         assert results[key] == pytest.approx(keras_results[key], rel=1e-4, abs=1e-6), key
     assert results["top1"] == pytest.approx(keras_results["accuracy"])
+    predicted = np.argmax(single_label_model.predict(images, verbose=0), axis=1)
+    expected = np.zeros((CLASSES, CLASSES), int)
+    np.add.at(expected, (labels, predicted), 1)
+    np.testing.assert_array_equal(results["confusion_matrix"], expected)
+    assert np.trace(expected) / 12 == pytest.approx(results["top1"])
     assert json.loads(json.dumps(results)) == results
 
 

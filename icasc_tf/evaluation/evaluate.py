@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.metrics import confusion_matrix
 
 from icasc_tf.attention import get_attention
 from icasc_tf.evaluation.attention_metrics import (
@@ -19,6 +20,7 @@ from icasc_tf.selection import confusing_class, probabilities
 
 SEPARATION_TERMS = ("classification_loss",) + ATTENTION_TERMS + ZERO_MAP_TERMS
 TEN_CROPS = 10
+CONFUSION_MATRIX_MAX_CLASSES = 100  # rows: true class, columns: predicted; kept out of larger JSONs
 
 
 def _check(model, info, max_batches):
@@ -62,6 +64,7 @@ class _Pass:
         self.crops = None
         self.target_probs, self.confusing_probs = [], []
         self.labels, self.probabilities = [], []
+        self.predicted = []  # single-label: (label, arg-max) pairs for the confusion matrix
         self.top_k = {} if self.multi_label else {
             f"top{k}": keras.metrics.SparseTopKCategoricalAccuracy(k=k)
             for k in (1, 5) if k == 1 or model.num_classes > k
@@ -126,6 +129,7 @@ class _Pass:
             self.confusing_probs.append(probabilities[rows, confusing])
             for metric in self.top_k.values():
                 metric.update_state(labels_np, probabilities)
+            self.predicted.append(np.stack([labels_np, probabilities.argmax(axis=1)], axis=1))
 
     def _add_attention(self, images, labels, probabilities, boxes):
         predicted = probabilities.argmax(axis=1)
@@ -159,6 +163,11 @@ class _Pass:
         }
         for name, metric in self.top_k.items():
             results[name] = float(metric.result())
+        if self.predicted and self.model.num_classes <= CONFUSION_MATRIX_MAX_CLASSES:
+            pairs = np.concatenate(self.predicted)
+            results["confusion_matrix"] = confusion_matrix(
+                pairs[:, 0], pairs[:, 1], labels=np.arange(self.model.num_classes)
+            ).tolist()
         if self.multi_label:
             results.update(
                 multilabel_scores(
@@ -192,10 +201,12 @@ def evaluate_model(model, dataset, info, *, attention=None, max_batches=None, ks
 
     Always: ``examples``, the KS statistic and location between the ground-truth and the
     most confusing class's probabilities (chart at ``ks_chart_path`` if given); top-1 and
-    top-5 accuracy (single-label; top-5 only with more than 5 classes) or mAP, macro ROC
+    top-5 accuracy (single-label; top-5 only with more than 5 classes) and, up to 100
+    classes, ``confusion_matrix`` (rows true, columns predicted), or mAP, macro ROC
     AUC and per-class AP by class name (multi-label).
     Single-crop batches add the model's own test terms averaged over examples
-    (``classification_loss``, separation ``as_inner``/``as_last``, consistency ``ac``),
+    (``classification_loss``, separation ``as_inner``/``as_last``, consistency ``ac``, and
+    ``zero_target_inner``/``zero_target_last``: the share whose target map is all zero),
     average drop / increase in confidence for the predicted class's last-layer map, and,
     when the dataset yields boxes (single-label), pointing game and energy-in-box of the
     ground-truth map at both layers. Ten-crop batches ``[B, 10, H, W, C]`` average the 10
