@@ -1,24 +1,30 @@
-"""The evidence: ICASC against its baselines on the bundled cluttered digits.
+"""The evidence: ICASC against its baselines, every arm with the same recipe and seeds.
 
-Trains and evaluates every arm with the same recipe and seeds, then writes ``study.json``,
-``study.md`` (one table per background, with each arm's difference to the baseline and its
-95% confidence interval) and ``study.png`` into --output_dir, and a baseline-vs-ICASC
-attention figure per background. A finished arm/seed is not trained again, so the study
-survives interruption and can run across sessions.
+Trains and evaluates every arm, then writes ``study.json``, ``study.md`` (one table per
+background, with each arm's difference to the baseline and its 95% confidence interval) and
+``study.png`` into --output_dir, and a baseline-vs-ICASC attention figure per background. A
+finished arm/seed is not trained again, so the study survives interruption and can run
+across sessions.
 
     python scripts/study.py                                     # the default arms, 3 seeds
     python scripts/study.py --arms=baseline,ach,baseline@textured,ach@textured
     python scripts/study.py --arms=baseline+x4,ach_w01+x4 --seeds=3
     python scripts/study.py --smoke                             # one arm, a few steps (CI)
+    # A regime is a flagfile (dataset, backbone, weights, image size, recipe):
+    python scripts/study.py --flagfile=flags/study_finetune_cluttered_fashion.flags \
+        --arms=baseline,ach,ach_w01,baseline+scratch,ach+scratch --output_dir=runs/study3/finetune
 
-The recipe is ``TrainConfig`` (every flag of scripts/train.py is a flag here too), with the
-study's defaults: CIFAR ResNet-8, 5 epochs, no TensorBoard images. An arm is
-``NAME[+MODIFIER...][@BACKGROUND]``:
+The recipe is ``TrainConfig`` (every flag of scripts/train.py is a flag here too, flagfiles
+included), with the study's defaults: CIFAR ResNet-8 on cluttered digits, 5 epochs, no
+TensorBoard images. An arm is ``NAME[+MODIFIER...][@BACKGROUND]``:
   NAME        an entry of ARMS below (a change to the recipe);
   +x4         four times the epochs; +r20: a CIFAR ResNet-20 instead of the recipe's arch;
-  @textured   the cluttered_digits background config ``textured`` (default: the empty canvas).
-Runs go to OUTPUT_DIR/BACKGROUND/NAME[+MODIFIER...]/seed-N, seed by seed, so that a
-partial study has every arm's first seed before any arm's second.
+  +scratch    random initialisation instead of the recipe's --weights;
+  @textured   the cluttered background config ``textured`` (default: the empty canvas).
+Each arm is compared with the baseline of the same modifiers and background. Every arm is
+evaluated (``final.keras``) on the dataset's test split. Runs go to
+OUTPUT_DIR/BACKGROUND/NAME[+MODIFIER...]/seed-N, seed by seed, so that a partial study has
+every arm's first seed before any arm's second.
 """
 
 import dataclasses
@@ -66,7 +72,13 @@ ARMS = {
 MODIFIERS = {
     "x4": lambda c: dataclasses.replace(c, epochs=4 * c.epochs),
     "r20": lambda c: dataclasses.replace(c, arch="resnet20"),
+    "scratch": lambda c: dataclasses.replace(c, weights=""),
 }
+# Class pairs the papers' "visual confusion" is about, by dataset class names (lower case):
+# the study reports how often a test image of one is predicted as the other.
+CONFUSABLE_PAIRS = (
+    ("t-shirt/top", "shirt"), ("pullover", "coat"), ("shirt", "coat"), ("pullover", "shirt"),
+)
 BACKGROUNDS = ("empty", "textured")
 FINETUNE_EPOCHS = 3
 STUDY_DEFAULTS = dict(arch="resnet8", epochs=5, attention_images=0, verbose=2)
@@ -142,11 +154,39 @@ class Arm:
 
 
 def study_recipe():
-    """The one recipe of every arm: the command line's TrainConfig on the bundled data."""
-    recipe = run_config.from_flags(FLAGS)
-    if recipe.dataset != "cluttered_digits":
-        raise ValueError("The study runs on the bundled data: leave --dataset at cluttered_digits.")
-    return recipe
+    """The one recipe of every arm: the command line's TrainConfig (flagfile included)."""
+    return run_config.from_flags(FLAGS)
+
+
+def load_split(config, split, batch_size, training=False):
+    """``split`` of the run's dataset as the run saw it (size, builder options), with boxes
+    where the dataset has them."""
+    from icasc_tf.data import load_dataset
+    from icasc_tf.data.registry import get_spec
+
+    spec = get_spec(config.dataset)
+    return load_dataset(
+        config.dataset, split, batch_size, training=training, seed=config.seed,
+        with_boxes=not training and spec.box_key is not None and not spec.multi_label,
+        data_dir=config.data_dir or None, manual_dir=config.manual_dir or None,
+        image_size=config.image_size or None, **config.options("dataset_config"),
+    )
+
+
+def confusable_pair_errors(results, class_names):
+    """Per confusable pair present in ``class_names``: the share of the pair's test images
+    predicted as the other class of the pair (from the confusion matrix)."""
+    matrix = results.get("confusion_matrix")
+    index = {str(name).lower(): i for i, name in enumerate(class_names or ())}
+    errors = {}
+    for a, b in CONFUSABLE_PAIRS:
+        if matrix is None or a not in index or b not in index:
+            continue
+        i, j = index[a], index[b]
+        total = sum(matrix[i]) + sum(matrix[j])
+        if total:
+            errors[f"{a} <-> {b}"] = (matrix[i][j] + matrix[j][i]) / total
+    return errors
 
 
 # ----------------------------------------------------------------------------- runs
@@ -154,7 +194,6 @@ def run_arm(arm, seed, recipe):
     """Train (unless finished) and evaluate (unless evaluated) one arm/seed; return its eval dict."""
     import keras
 
-    from icasc_tf.data import load_dataset
     from icasc_tf.evaluation import evaluate_model
     from icasc_tf.training import RunExistsError, changed_options, run_training
 
@@ -173,16 +212,26 @@ def run_arm(arm, seed, recipe):
         print(f"study: {arm.key} seed {seed} -> {config.model_dir}", flush=True)
         run_training(config)
     model = keras.models.load_model(os.path.join(config.model_dir, "final.keras"))
-    dataset, info = load_dataset(
-        "cluttered_digits", "test", config.batch_size, training=False, with_boxes=True,
-        data_dir=config.data_dir or None, **config.options("dataset_config"),
-    )
+    dataset, info = load_split(config, "test", config.batch_size)
     results = evaluate_model(
         model, dataset, info, max_batches=FLAGS.eval_batches or None,
         ks_chart_path=os.path.join(config.model_dir, "ks_test.png"),
     )
+    pairs = confusable_pair_errors(results, info.class_names)
+    if pairs:
+        results["confusable_pairs"] = pairs
+        results["confusable_error"] = statistics.fmean(pairs.values())
+    results["validation_curve"] = _validation_curve(config.model_dir)
     atomic_write_json(eval_path, results)
     return results
+
+
+def _validation_curve(model_dir):
+    """Per-epoch validation accuracy and zero-target-map shares from the run's metrics.json."""
+    with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as f:
+        history = json.load(f).get("history", {})
+    keys = [k for k in history if k.endswith(("accuracy", "zero_target_inner", "zero_target_last"))]
+    return {k: history[k] for k in keys}
 
 
 def step_times(arms, recipe):
@@ -194,14 +243,10 @@ def step_times(arms, recipe):
     import keras
     import numpy as np
 
-    from icasc_tf.data import load_dataset
     from icasc_tf.training import build_model
 
     configs = {arm.key: arm.config(recipe, 0, FLAGS.output_dir) for arm in arms}
-    dataset, info = load_dataset(
-        "cluttered_digits", "train", recipe.batch_size, training=True,
-        data_dir=recipe.data_dir or None, **recipe.options("dataset_config"),
-    )
+    dataset, info = load_split(recipe, recipe.train_split, recipe.batch_size, training=True)
     x, y = next(iter(dataset))
     models = {}
     for key, config in configs.items():
@@ -228,6 +273,9 @@ COLUMNS = [
     ("pointing_game_last", "pointing (last)"),
     ("energy_in_box_last", "energy in box (last)"),
     ("ks_statistic", "KS"),
+    ("zero_target_last", "zero map (last)"),
+    ("zero_target_inner", "zero map (inner)"),
+    ("confusable_error", "confusable-pair error"),
 ]
 
 
@@ -298,7 +346,7 @@ def bar_chart(table, path):
     low = min(m - s for m, s in zip(means, stds))
     ax.set_ylim(max(0, low - 5), min(100, max(m + s for m, s in zip(means, stds)) + 2))
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("cluttered digits: mean ± std over seeds (grey: baselines)")
+    ax.set_title(f"{FLAGS.dataset}: mean ± std over seeds (grey: baselines)")
     plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -310,16 +358,12 @@ def comparison_figure(recipe, background, path):
     import keras
     import numpy as np
 
-    from icasc_tf.data import load_dataset
     from icasc_tf.visualize import top5_figure
 
     arms = {name: Arm(name, (), background) for name in ("baseline", "ach")}
     config = arms["baseline"].config(recipe, 0, FLAGS.output_dir)
-    dataset, info = load_dataset(
-        "cluttered_digits", "test", 6, training=False, data_dir=config.data_dir or None,
-        **config.options("dataset_config"),
-    )
-    images, labels = next(iter(dataset))
+    dataset, info = load_split(config, "test", 6)
+    images, labels = next(iter(dataset))[:2]
     models = {
         name: keras.models.load_model(
             os.path.join(arm.config(recipe, 0, FLAGS.output_dir).model_dir, "final.keras")

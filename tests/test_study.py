@@ -18,7 +18,7 @@ def test_study_smoke_writes_table_json_and_chart(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "study.md").read_text()
     assert table.startswith("Background: empty") and "| arm | test top-1 | Δ top-1" in table
-    assert "| ach |" in table
+    assert "| ach |" in table and "zero map (last)" in table
     row = json.loads((out / "study.json").read_text())["table"]["ach"]
     assert 0.0 <= row["top1"]["mean"] <= 1.0 and 0.0 <= row["as_inner"]["mean"] <= 1.0
     assert (out / "study.png").stat().st_size > 1000
