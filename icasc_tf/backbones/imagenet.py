@@ -77,12 +77,12 @@ IMAGENET_WEIGHTS = {
 }
 
 
-def unavailable_message(arch):
+def unavailable_message(arch, available=None):
     """Why ``weights='imagenet'`` cannot apply to ``arch``, and what to do instead."""
+    available = tuple(available or IMAGENET_WEIGHTS)
     return (
-        f"weights='imagenet' is not available for backbone {arch!r}: keras.applications "
-        f"has ImageNet weights for {', '.join(IMAGENET_WEIGHTS)} only. For {arch!r}, see "
-        f"{CONVERSION_DOC}."
+        f"weights='imagenet' is not available for backbone {arch!r}: ImageNet weights exist for "
+        f"{', '.join(available)} only. For {arch!r}, see {CONVERSION_DOC}."
     )
 
 

@@ -10,12 +10,14 @@ from keras import ops
 
 # "caffe": keras.applications VGG/ResNet weights (BGR, 0-255, ImageNet mean subtracted).
 # "torch": torchvision / keras-hub ResNet weights (RGB, ImageNet mean and std).
+# "lite": tensorflow/tpu EfficientNet-Lite weights (RGB, (255 x - 127) / 128).
 # "none": identity, for networks trained from scratch on already-normalised data.
-PREPROCESS_MODES = ("caffe", "torch", "none")
+PREPROCESS_MODES = ("caffe", "torch", "lite", "none")
 
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
 _TORCH_RGB_STD = (0.229, 0.224, 0.225)
+_LITE_MEAN, _LITE_STD = 127.0, 128.0  # efficientnet_lite_builder.MEAN_RGB / STDDEV_RGB
 
 
 def check_preprocess_mode(mode):
@@ -42,6 +44,8 @@ class ImagePreprocess(keras.layers.Layer):
         if self.mode == "torch":
             mean = ops.array(_TORCH_RGB_MEAN, self.compute_dtype)
             return (images - mean) / ops.array(_TORCH_RGB_STD, self.compute_dtype)
+        if self.mode == "lite":
+            return (images * 255.0 - _LITE_MEAN) / _LITE_STD
         return images
 
     def compute_output_shape(self, input_shape):
