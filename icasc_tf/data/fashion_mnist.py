@@ -28,7 +28,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 FILE_NAMES = tuple(name for pair in FILES.values() for name in pair)
-NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
+NUM_EXAMPLES = {"train": 60_000, "test": 10_000}  # in the original files
 SIDE = 28
 # TFDS's names of the classes, by label (tests check them against TFDS's builder).
 CLASS_NAMES = (
@@ -55,8 +55,8 @@ def default_folder() -> str | None:
     return DEBIAN_DIR if os.path.isdir(DEBIAN_DIR) else None
 
 
-def read_idx(path: str, dims: int, count: int) -> np.ndarray:
-    """The uint8 array of a gzipped IDX file, checked against the shape Fashion-MNIST has."""
+def read_idx(path: str, dims: int) -> np.ndarray:
+    """The uint8 array of a gzipped IDX file: [N, 28, 28] images (dims=3) or [N] labels (1)."""
     try:
         with gzip.open(path, "rb") as handle:
             data = handle.read()
@@ -67,22 +67,28 @@ def read_idx(path: str, dims: int, count: int) -> np.ndarray:
             f"it again.\n{INSTRUCTIONS}"
         ) from error
     header = 4 * (1 + dims)
-    shape = (count,) + (SIDE,) * (dims - 1)
-    expected = header + int(np.prod(shape))
-    magic_and_shape = np.frombuffer(data[:header], ">u4") if len(data) >= header else None
+    fields = np.frombuffer(data[:header], ">u4").tolist() if len(data) >= header else []
+    shape = tuple(fields[1:])
     if (
-        magic_and_shape is None
-        or magic_and_shape[0] != _MAGIC[dims]
-        or tuple(magic_and_shape[1:]) != shape
-        or len(data) != expected
+        not fields
+        or fields[0] != _MAGIC[dims]
+        or shape[1:] != (SIDE,) * (dims - 1)
+        or len(data) != header + int(np.prod(shape))
     ):
         raise CorruptFileError(
-            f"{path} is not the Fashion-MNIST IDX file it is named after: expected "
-            f"{expected:,} bytes of shape {shape} once decompressed, got {len(data):,} bytes"
-            + ("" if magic_and_shape is None else f" with header {magic_and_shape.tolist()}")
-            + f". Replace it with the original file.\n{INSTRUCTIONS}"
+            f"{path} is not a Fashion-MNIST IDX file of {'28x28 images' if dims == 3 else 'labels'}: "
+            f"header {fields}, {len(data):,} bytes once decompressed. Replace it with the "
+            f"original file.\n{INSTRUCTIONS}"
         )
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Writes uint8 `array` ([N, 28, 28] or [N]) as a gzipped IDX file (for tests and tools)."""
+    array = np.asarray(array, np.uint8)
+    header = np.array([_MAGIC[array.ndim], *array.shape], ">u4").tobytes()
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
 
 
 def missing_files(folder: str | None) -> list[str]:
@@ -120,12 +126,15 @@ def load_split(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise MissingDataError(
             f"Fashion-MNIST files missing in {folder}: {', '.join(missing)}.\n{INSTRUCTIONS}"
         )
-    images_name, labels_name = FILES[split]
-    count = NUM_EXAMPLES[split]
-    images = read_idx(os.path.join(folder, images_name), 3, count)
-    labels = read_idx(os.path.join(folder, labels_name), 1, count).astype(np.int64)
-    if labels.max() >= 10:
-        raise CorruptFileError(f"{os.path.join(folder, labels_name)} holds labels above 9.")
+    images_path, labels_path = (os.path.join(folder, name) for name in FILES[split])
+    images = read_idx(images_path, 3)
+    labels = read_idx(labels_path, 1).astype(np.int64)
+    if len(images) != len(labels) or labels.max(initial=0) >= len(CLASS_NAMES):
+        raise CorruptFileError(
+            f"{images_path} and {labels_path} do not belong together: {len(images)} images, "
+            f"{len(labels)} labels (largest {labels.max(initial=0)}; 10 classes). Replace them "
+            f"with the original files.\n{INSTRUCTIONS}"
+        )
     return images, labels
 
 
@@ -133,6 +142,13 @@ class FashionMnistFiles(tfds.builder_cls("fashion_mnist")):
     """TFDS's `fashion_mnist`, generated from the four files in the manual folder."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+
+    def _log_download_bytes(self) -> None:
+        # TFDS would print "Downloading ... Unknown size": nothing is downloaded here.
+        print(f"Preparing fashion_mnist from its files into {self.data_dir}, once.", flush=True)
+
+    def _log_download_done(self) -> None:
+        print("Prepared fashion_mnist; later runs reuse it.", flush=True)
 
     def _split_generators(self, dl_manager):
         folder = manual_folder(dl_manager)
