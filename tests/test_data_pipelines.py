@@ -208,6 +208,8 @@ def test_argument_errors_name_the_choices(tmp_path):
         load_dataset("cifar100", "test", 8, data_dir=str(tmp_path), num_train=10)
     assert DATASETS == (
         "cluttered_digits",
+        "cluttered_fashion",
+        "fashion_mnist",
         "cifar100",
         "caltech256",
         "imagenet2012",

@@ -16,6 +16,12 @@ every pixel of the canvas carries dim structure (digit fragments plus noise, at 
 `background_contrast` of full scale) under the target and the distractors. On the blank
 canvas an attention map can satisfy ICASC's separation loss by moving onto empty pixels;
 natural images have no empty pixels, and neither does this config.
+
+The `fashion` config (option `source=fashion_mnist`) draws the target and the distractor
+crops from Fashion-MNIST's real product photographs instead (training composites from its
+train split, test composites from its test split), on a 96x96 canvas so that a stride-32
+ImageNet backbone still has a 3x3 last feature map. The files are read from the manual
+folder (Debian's `dataset-fashion-mnist` by default; see `icasc_tf.data.fashion_mnist`).
 """
 
 from __future__ import annotations
@@ -28,11 +34,14 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from icasc_tf.data import fashion_mnist
+
 NUM_CLASSES = 10
 SOURCE_SIZE = 8  # load_digits images are 8x8
 SOURCE_MAX = 16.0  # and hold integers in [0, 16]
 _SPLIT_IDS = {"train": 0, "test": 1}
 BACKGROUNDS = ("empty", "textured")
+SOURCES = ("digits", "fashion_mnist")
 # Whole preparation (drawing, PNG encoding, writing, shuffling) of 12,000 32x32 examples on a
 # 2-core CPU: about 4.5 s empty, 15 s textured; only used to tell the user what to expect.
 _SECONDS_PER_EXAMPLE = {"empty": 0.4e-3, "textured": 1.2e-3}
@@ -40,6 +49,11 @@ _TEXTURE_CONTRAST = 0.3  # default peak of the textured background, digits' ink 
 # Shares of that peak: a floor (no pixel is black), per-pixel noise (no window is flat) and
 # digit fragments (stroke-like structure); they add up to 1.
 _TEXTURE_FLOOR, _TEXTURE_NOISE, _TEXTURE_FRAGMENTS = 0.15, 0.35, 0.5
+
+
+def source_side_of(source: str) -> int:
+    """The side of the source items (8 for digits, 28 for Fashion-MNIST)."""
+    return SOURCE_SIZE if source == "digits" else fashion_mnist.SIDE
 
 
 @dataclasses.dataclass(eq=False)
@@ -56,15 +70,19 @@ class ClutteredDigitsConfig(tfds.core.BuilderConfig):
     data_seed: int = 0
     background: str = "empty"
     background_contrast: float = _TEXTURE_CONTRAST
+    source: str = "digits"
 
     def __post_init__(self):
         # Checked here so that a bad option fails at once, not in the middle of generation.
-        target_side = SOURCE_SIZE * self.scale
         problems = []
+        if self.source not in SOURCES:
+            problems.append(f"source={self.source!r} must be one of {SOURCES}")
+        source_side = source_side_of(self.source)
+        target_side = source_side * self.scale
         if self.scale < 1:
             problems.append(f"scale={self.scale} must be >= 1")
-        if not 1 <= self.distractor_crop <= SOURCE_SIZE:
-            problems.append(f"distractor_crop={self.distractor_crop} must be in [1, {SOURCE_SIZE}]")
+        if not 1 <= self.distractor_crop <= source_side:
+            problems.append(f"distractor_crop={self.distractor_crop} must be in [1, {source_side}]")
         if self.canvas_size < target_side:
             problems.append(
                 f"canvas_size={self.canvas_size} must be >= the upscaled target ({target_side})"
@@ -73,6 +91,8 @@ class ClutteredDigitsConfig(tfds.core.BuilderConfig):
             problems.append("num_distractors must be >= 0 and num_train, num_test >= 1")
         if not 0.0 < self.test_fraction < 1.0:
             problems.append(f"test_fraction={self.test_fraction} must be in (0, 1)")
+        elif self.source != "digits" and self.test_fraction != 0.25:
+            problems.append("test_fraction applies only to source=digits (Fashion-MNIST has splits)")
         if self.background not in BACKGROUNDS:
             problems.append(f"background={self.background!r} must be one of {BACKGROUNDS}")
         elif self.background == "empty" and self.background_contrast != _TEXTURE_CONTRAST:
@@ -96,7 +116,31 @@ TEXTURED_CONFIG = dataclasses.replace(
     description="The default examples over a dense, dim background of digit fragments and noise.",
     background="textured",
 )
-_BASE_CONFIGS = {"empty": DEFAULT_CONFIG, "textured": TEXTURED_CONFIG}
+FASHION_CONFIG = ClutteredDigitsConfig(
+    name="fashion",
+    description=(
+        "Fashion-MNIST: 96x96x3 canvas, 56x56 target item, 4 distractors of 14x14 crops of "
+        "items of other classes, 10k train composites from its train split, 2k test from test."
+    ),
+    source="fashion_mnist",
+    canvas_size=96,
+    scale=2,
+    num_distractors=4,
+    distractor_crop=14,
+)
+FASHION_TEXTURED_CONFIG = dataclasses.replace(
+    FASHION_CONFIG,
+    name="fashion_textured",
+    description="The fashion examples over a dense, dim background of item fragments and noise.",
+    background="textured",
+)
+# The named config each (source, background) starts from; other options are named after it.
+_BASE_CONFIGS = {
+    ("digits", "empty"): DEFAULT_CONFIG,
+    ("digits", "textured"): TEXTURED_CONFIG,
+    ("fashion_mnist", "empty"): FASHION_CONFIG,
+    ("fashion_mnist", "textured"): FASHION_TEXTURED_CONFIG,
+}
 _OPTION_NAMES = tuple(
     f.name
     for f in dataclasses.fields(ClutteredDigitsConfig)
@@ -107,9 +151,10 @@ _OPTION_NAMES = tuple(
 def make_config(**options) -> ClutteredDigitsConfig:
     """Returns the config for these options, named after the ones that differ from its base.
 
-    The base is the named config of the `background` ("default" or "textured"); other options
-    are appended to a textured base's name ("textured_num_train60"). The name becomes part of
-    the TFDS data path, so different options never share files.
+    The base is the named config of the `source` and `background` ("default", "textured",
+    "fashion", "fashion_textured"); other options are appended to a named base's name
+    ("textured_num_train60"). The name becomes part of the TFDS data path, so different
+    options never share files.
     """
     unknown = sorted(set(options) - set(_OPTION_NAMES))
     if unknown:
@@ -117,9 +162,12 @@ def make_config(**options) -> ClutteredDigitsConfig:
             f"Unknown cluttered_digits option(s) {unknown}; valid options: {list(_OPTION_NAMES)}."
         )
     background = options.pop("background", DEFAULT_CONFIG.background)
-    if background not in _BASE_CONFIGS:
+    source = options.pop("source", DEFAULT_CONFIG.source)
+    if background not in BACKGROUNDS:
         raise ValueError(f"Invalid cluttered_digits background {background!r}: {BACKGROUNDS}.")
-    base = _BASE_CONFIGS[background]
+    if source not in SOURCES:
+        raise ValueError(f"Invalid cluttered_digits source {source!r}: {SOURCES}.")
+    base = _BASE_CONFIGS[(source, background)]
     changed = {k: v for k, v in options.items() if v != getattr(base, k)}
     if not changed:
         return base
@@ -150,6 +198,42 @@ def _source_pools(test_fraction: float, data_seed: int) -> dict[str, np.ndarray]
     return {"train": np.sort(train), "test": np.sort(test)}
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+    """The items composites are drawn from, and which of them each split may use."""
+
+    images: np.ndarray  # float32 [N, side, side] in [0, 1]
+    labels: np.ndarray  # int64 [N]
+    pools: dict[str, np.ndarray]  # split -> sorted indices into images; the pools are disjoint
+
+    @property
+    def side(self) -> int:
+        return self.images.shape[1]
+
+
+def load_source(config: ClutteredDigitsConfig, folder: str | None = None) -> Source:
+    """The source of `config`; Fashion-MNIST is read from `folder` (else Debian's folder)."""
+    if config.source == "digits":
+        images, labels = source_digits()
+        return Source(images, labels, source_pools(config))
+    return _fashion_source(fashion_mnist.find_folder(folder))
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_source(folder: str) -> Source:
+    """Train items first, then test items; each split's composites use only its own items."""
+    (train_images, train_labels), (test_images, test_labels) = (
+        fashion_mnist.load_split(folder, split) for split in ("train", "test")
+    )
+    images = np.concatenate([train_images, test_images]).astype(np.float32) / 255.0
+    num_train = len(train_labels)
+    return Source(
+        images=images,
+        labels=np.concatenate([train_labels, test_labels]),
+        pools={"train": np.arange(num_train), "test": np.arange(num_train, len(images))},
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Composite:
     """One generated example; the layers and `background_indices` are for tests and figures,
@@ -171,8 +255,8 @@ def _paste(canvas: np.ndarray, patch: np.ndarray, top: int, left: int) -> None:
     np.maximum(region, patch, out=region)
 
 
-def render_background(config, pool, rng) -> tuple[np.ndarray, np.ndarray]:
-    """A dim texture with structure in every pixel, and the digits its fragments come from.
+def render_background(config, source: Source, pool, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A dim texture with structure in every pixel, and the items its fragments come from.
 
     Fragments are `distractor_crop` crops of digits of the split's pool, of every class (so
     the background says nothing about the label), upscaled like the digits and laid on a
@@ -180,14 +264,14 @@ def render_background(config, pool, rng) -> tuple[np.ndarray, np.ndarray]:
     noise fill what the strokes leave, so no pixel is black and no window is flat. The peak is
     `background_contrast`, below the digits' ink, so the target stays the brightest thing.
     """
-    images, _ = source_digits()
+    images = source.images
     size, scale, crop = config.canvas_size, config.scale, config.distractor_crop
     side = crop * scale
     step = max(1, (3 * side) // 4)  # fragments overlap by a quarter of their side
     starts = np.arange(-side // 2, size, step)
     num = len(starts) ** 2
     indices = rng.choice(pool, size=num)
-    offsets = rng.integers(0, SOURCE_SIZE - crop, size=(num, 2), endpoint=True)
+    offsets = rng.integers(0, source.side - crop, size=(num, 2), endpoint=True)
     jitter = rng.integers(-(side // 4), side // 4, size=(num, 2), endpoint=True)
     margin = 2 * side  # fragments may stick out of the canvas; the margin is cut off
     fragments = np.zeros((size + 2 * margin, size + 2 * margin), np.float32)
@@ -202,15 +286,20 @@ def render_background(config, pool, rng) -> tuple[np.ndarray, np.ndarray]:
     return (config.background_contrast * texture).astype(np.float32), indices.astype(np.int32)
 
 
-def render_example(config: ClutteredDigitsConfig, split: str, index: int) -> Composite:
+def render_example(
+    config: ClutteredDigitsConfig, split: str, index: int, source: Source | None = None
+) -> Composite:
     """Draws example `index` of `split`; it depends only on (data_seed, split, index).
+
+    `source` defaults to `load_source(config)`; pass it to draw many examples at once.
 
     Target classes cycle through 0..9 so every split is exactly balanced (up to its remainder).
     A textured example is the empty-canvas example of the same index with its background
     drawn last and composited under it, so the two configs differ only by the background.
     """
-    images, labels = source_digits()
-    pool = source_pools(config)[split]
+    source = source or load_source(config)
+    images, labels = source.images, source.labels
+    pool = source.pools[split]
     rng = np.random.default_rng([config.data_seed, _SPLIT_IDS[split], index])
     size, scale = config.canvas_size, config.scale
     upscale = np.ones((scale, scale), np.float32)
@@ -227,7 +316,7 @@ def render_example(config: ClutteredDigitsConfig, split: str, index: int) -> Com
     distractor_indices = rng.choice(others, size=config.num_distractors)
     crop = config.distractor_crop
     for distractor_index in distractor_indices:
-        y, x = rng.integers(0, SOURCE_SIZE - crop, size=2, endpoint=True)
+        y, x = rng.integers(0, source.side - crop, size=2, endpoint=True)
         piece = np.kron(images[distractor_index, y : y + crop, x : x + crop], upscale)
         piece_top, piece_left = rng.integers(0, size - piece.shape[0], size=2, endpoint=True)
         _paste(canvas, piece, piece_top, piece_left)
@@ -235,7 +324,7 @@ def render_example(config: ClutteredDigitsConfig, split: str, index: int) -> Com
     background_layer = np.zeros_like(canvas)
     background_indices = np.zeros([0], np.int32)
     if config.background == "textured":
-        background_layer, background_indices = render_background(config, pool, rng)
+        background_layer, background_indices = render_background(config, source, pool, rng)
         np.maximum(canvas, background_layer, out=canvas)
 
     rows = np.flatnonzero(target_layer.any(axis=1))
@@ -253,6 +342,18 @@ def render_example(config: ClutteredDigitsConfig, split: str, index: int) -> Com
     )
 
 
+_HOMEPAGES = {
+    "digits": "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
+    "fashion_mnist": "https://github.com/zalandoresearch/fashion-mnist",
+}
+
+
+def _class_names(source: str) -> list[str]:
+    return list(fashion_mnist.CLASS_NAMES) if source == "fashion_mnist" else [
+        str(d) for d in range(NUM_CLASSES)
+    ]
+
+
 def _generation_seconds(config: ClutteredDigitsConfig) -> int:
     """A rough duration of the first preparation, from rates measured on a 2-core CPU."""
     per_example = _SECONDS_PER_EXAMPLE[config.background] * (config.canvas_size / 32) ** 2
@@ -264,7 +365,10 @@ class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [DEFAULT_CONFIG, TEXTURED_CONFIG]
+    BUILDER_CONFIGS = [DEFAULT_CONFIG, TEXTURED_CONFIG, FASHION_CONFIG, FASHION_TEXTURED_CONFIG]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Only the fashion configs read files:\n" + (
+        fashion_mnist.INSTRUCTIONS
+    )
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
@@ -274,7 +378,7 @@ class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=[str(d) for d in range(NUM_CLASSES)]),
+                    "label": tfds.features.ClassLabel(names=_class_names(config.source)),
                     "bbox": tfds.features.BBoxFeature(),
                     "source_indices": tfds.features.Tensor(
                         shape=(1 + config.num_distractors,), dtype=np.int32
@@ -282,7 +386,7 @@ class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             supervised_keys=("image", "label"),
-            homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
+            homepage=_HOMEPAGES[config.source],
         )
 
     def _log_download_bytes(self) -> None:
@@ -301,16 +405,20 @@ class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
         print(f"Generated cluttered_digits/{self.builder_config.name}; later runs reuse it.")
 
     def _split_generators(self, dl_manager):
-        del dl_manager  # Everything comes from scikit-learn: nothing to download.
+        # Digits come from scikit-learn; Fashion-MNIST from its files: nothing is downloaded.
         config = self.builder_config
+        folder = None
+        if config.source == "fashion_mnist":
+            folder = fashion_mnist.manual_folder(dl_manager)
+        source = load_source(config, folder)  # read and checked before anything is written
         return {
-            "train": self._generate_examples("train", config.num_train),
-            "test": self._generate_examples("test", config.num_test),
+            "train": self._generate_examples(source, "train", config.num_train),
+            "test": self._generate_examples(source, "test", config.num_test),
         }
 
-    def _generate_examples(self, split: str, num_examples: int):
+    def _generate_examples(self, source: Source, split: str, num_examples: int):
         for index in range(num_examples):
-            example = render_example(self.builder_config, split, index)
+            example = render_example(self.builder_config, split, index, source)
             yield index, {
                 "image": example.image,
                 "label": example.label,

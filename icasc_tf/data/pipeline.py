@@ -123,12 +123,27 @@ def read_split(
     """
     wanted = {"image": True, spec.label_key: True, **({spec.box_key: True} if with_boxes else {})}
     skip_image = None if decode_images else {"image": tfds.decode.SkipDecoding()}
-    return builder.as_dataset(
+    dataset = builder.as_dataset(
         split=split,
         shuffle_files=shuffle_files,
         decoders=tfds.decode.PartialDecoding(wanted, decoders=skip_image),
         read_config=read_config,
     )
+    if spec.gray_pad_to and decode_images:
+        dataset = dataset.map(lambda ex: {**ex, "image": gray_to_rgb_canvas(ex["image"], spec.gray_pad_to)})
+    return dataset
+
+
+def gray_to_rgb_canvas(image: tf.Tensor, side: int) -> tf.Tensor:
+    """A [h, w, 1] uint8 image zero-padded (centred) to [side, side] and repeated to RGB.
+
+    Fashion-MNIST's 28x28 items are padded to CIFAR's 32x32 with their own black background,
+    not resized, so that an item keeps its pixels.
+    """
+    image = tf.image.pad_to_bounding_box(
+        image, (side - image.shape[0]) // 2, (side - image.shape[1]) // 2, side, side
+    )
+    return tf.image.grayscale_to_rgb(image)
 
 
 def train_pixel_mean(builder, spec: DatasetSpec, data_dir: str | None) -> np.ndarray:

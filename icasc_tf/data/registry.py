@@ -13,7 +13,7 @@ from collections.abc import Callable
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from icasc_tf.data import caltech256, cluttered_digits
+from icasc_tf.data import caltech256, cluttered_digits, fashion_mnist
 from icasc_tf.data.errors import MissingDataError
 
 # How images are augmented and resized; see icasc_tf.data.pipeline.transform_example.
@@ -38,6 +38,10 @@ class DatasetSpec:
     download_files: tuple[str, ...] = ()  # archives TFDS downloads; also accepted in manual_dir
     make_config: Callable[..., tfds.core.BuilderConfig] | None = None
     instructions: str = ""
+    # Where the source files are looked for when no manual_dir is given (None: TFDS's folder).
+    default_manual_dir: Callable[[], str | None] | None = None
+    # Grayscale images (MNIST-like) are zero-padded to this side and repeated to RGB; 0: as is.
+    gray_pad_to: int = 0
 
 
 SPECS: dict[str, DatasetSpec] = {
@@ -49,6 +53,31 @@ SPECS: dict[str, DatasetSpec] = {
         box_key="bbox",
         in_memory=True,
         make_config=cluttered_digits.make_config,
+    ),
+    "cluttered_fashion": DatasetSpec(
+        tfds_name="cluttered_digits",
+        image_size=96,
+        recipe="none",
+        eval_split="test",
+        box_key="bbox",
+        in_memory=True,
+        manual_files=tuple((name,) for name in fashion_mnist.FILE_NAMES),
+        make_config=lambda **options: cluttered_digits.make_config(
+            **{"source": "fashion_mnist", **options}
+        ),
+        instructions=fashion_mnist.INSTRUCTIONS,
+        default_manual_dir=fashion_mnist.default_folder,
+    ),
+    "fashion_mnist": DatasetSpec(
+        tfds_name="fashion_mnist_files",
+        image_size=32,
+        recipe="cifar",
+        eval_split="test",
+        in_memory=True,
+        manual_files=tuple((name,) for name in fashion_mnist.FILE_NAMES),
+        instructions=fashion_mnist.INSTRUCTIONS,
+        default_manual_dir=fashion_mnist.default_folder,
+        gray_pad_to=32,
     ),
     "cifar100": DatasetSpec(
         tfds_name="cifar100",
@@ -154,7 +183,11 @@ def prepare_builder(
     config = builder_config(name, options)
     config_kwargs = {} if config is None else {"config": config}  # "voc/2012" names its config
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, **config_kwargs)
-    manual_dir = manual_dir or os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
+    manual_dir = (
+        manual_dir
+        or (spec.default_manual_dir and spec.default_manual_dir())
+        or os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
+    )
     if not builder.is_prepared():
         missing = _missing_files(spec, manual_dir, spec.manual_files)
         if missing:
