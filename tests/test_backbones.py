@@ -68,6 +68,9 @@ BUILDS = [
     ("wrn", {"depth": 10, "width": 1}),
     ("wrn", {"depth": 16, "width": 2, "dropout": 0.3}),
     ("wrn", {"style": "imagenet", "depth": 50, "width": 1}),
+    ("efficientnet_lite0", {}),
+    ("efficientnet_lite1", {}),
+    ("efficientnet_lite2", {}),
 ]
 
 
@@ -79,6 +82,7 @@ def test_registry_names():
     assert BACKBONES == (
         "vgg19", "resnet18", "resnet34", "resnet50", "resnet101",
         "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "wrn",
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
     )
     assert {name for name, _ in BUILDS} == set(BACKBONES)
 
@@ -105,7 +109,10 @@ def test_backbone_shapes_and_layers(name, options):
     sides = [tuple(s.shape[1:3]) for s in stages]
     assert all(a[0] == 2 * b[0] and a[1] == 2 * b[1] for a, b in zip(sides, sides[1:])), sides
     for stage_name, stage in zip(names, stages):
-        assert float(np.min(stage)) >= 0.0, f"{stage_name} is not a post-activation map"
+        # EfficientNet's block outputs are linear bottlenecks (a residual sum, no ReLU);
+        # every other stage output is post-activation.
+        if not name.startswith("efficientnet_lite"):
+            assert float(np.min(stage)) >= 0.0, f"{stage_name} is not a post-activation map"
     # Global average pooling of the last map, then the head, gives the logits. Untrained
     # deep nets in inference mode reach logits of 1e8 (ResNet-110): tolerances scale with
     # the sum of the magnitudes of the products, which bounds float32 rounding.
@@ -155,7 +162,7 @@ def test_unknown_name_lists_choices():
         ("wrn", {"style": "cifar", "depth": 12}, "6n\\+4"),
         ("wrn", {"width": 0}, "positive integer"),
         ("wrn", {"style": "imagenet", "depth": 20}, "Unknown depth=20.*18, 34, 50, 101, 152"),
-        ("vgg19", {"preprocess": "tf"}, "Unknown preprocess='tf'.*caffe, torch, none"),
+        ("vgg19", {"preprocess": "tf"}, "Unknown preprocess='tf'.*caffe, torch, lite, none"),
         ("resnet20", {"weight_decay": -1.0}, "weight_decay must be >= 0"),
         ("resnet20", {"input_shape": (32, 32)}, "must be \\(height, width, channels\\)"),
         ("resnet20", {"input_shape": (1, 32, 32, 3)}, "input_shape must be"),
