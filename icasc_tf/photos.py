@@ -107,7 +107,8 @@ def photo_attention_figure(model, photos, class_names, path=None, top_k=5, tile_
                 (f"{class_names[int(c)]}\n{p:.2f}", result[layer][i, j], "overlay")
                 for j, (c, p) in enumerate(zip(result["classes"][i], result["probabilities"][i]))
             ]
-            title = f"{name}\n{_MAP_NAMES[attention]} {layer}\n{model.inner_layer if layer == 'inner' else model.last_layer}"
+            layer_name = model.inner_layer if layer == "inner" else model.last_layer
+            title = f"{name}\n{_MAP_NAMES[attention]} {layer}\n{layer_name}"
             rows.append(render_panel(images[i], tiles, title=title, tile_size=tile_size))
         if i + 1 < len(names):
             gap = np.full((_GROUP_GAP, rows[-1].shape[1], 3), 255, np.uint8)

@@ -1,9 +1,13 @@
 """Where do the attention maps go, and which channels put them there? A diagnostic for runs
-on cluttered digits.
+on images drawn on a blank canvas: cluttered digits, Fashion-MNIST and cluttered Fashion-MNIST.
 
 For each run, on the first test images, at the last layer:
 - placement: the share of ground-truth and most-confusing-class maps whose peak lies on
-  ink (any digit stroke, target or distractor), and the share of their mass on ink;
+  ink (any stroke or item pixel, target or distractor), and the share of their mass on ink;
+  where the dataset has target boxes (the cluttered datasets), also the share of the
+  target's map mass inside its box and the pointing game (peak inside the box);
+- the exit through an all-zero target map: the share of images whose target A_ch map is
+  zero everywhere (ReLU of a map with no positive value), overall and per class;
 - channel anatomy: each channel k's *ink share* (its activation mass on ink over its total,
   over the images); channels whose ink share is below the canvas's ink cover fire mostly
   off the strokes ("canvas channels"). Reported: the share of channels that are canvas
@@ -19,6 +23,7 @@ the digits, which is how L_AS can fall while localization gets worse (BUILD_NOTE
 
     python scripts/attention_placement.py --runs=runs/study/empty/baseline/seed-0,runs/study/empty/ach/seed-0
     python scripts/attention_placement.py --background=textured --runs=runs/study/textured/ach/seed-0
+    python scripts/attention_placement.py --dataset=fashion_mnist --runs=runs/study3/scratch/empty/ach/seed-0
 """
 
 import os
@@ -30,14 +35,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("runs", [], "Run folders (each with final.keras), trained on cluttered_digits.")
+flags.DEFINE_list("runs", [], "Run folders (each with final.keras), trained on --dataset.")
+flags.DEFINE_enum(
+    "dataset", "cluttered_digits", ["cluttered_digits", "cluttered_fashion", "fashion_mnist"],
+    "The dataset the runs were trained on (images on a blank canvas, so ink can be told apart).",
+)
 flags.DEFINE_integer("num_images", 500, "Test images to look at.")
-flags.DEFINE_enum("background", "empty", ["empty", "textured"], "cluttered_digits background config.")
+flags.DEFINE_enum("background", "empty", ["empty", "textured"], "Background config of the cluttered datasets.")
 flags.DEFINE_float(
     "ink_threshold", -1.0,
-    "A pixel is ink above this intensity (default: 0.05 on the empty canvas; on the textured "
-    "one 0.05 above the background's contrast, so texture is not ink).",
+    "A pixel is ink this far above the image's darkest value, the blank canvas (default: 0.05 "
+    "on the empty canvas; on the textured one 0.05 above the background's contrast, so "
+    "texture is not ink). Relative, because Fashion-MNIST's recipe subtracts a pixel mean.",
 )
+flags.DEFINE_string("manual_dir", "", "Folder of Fashion-MNIST's four files (default: Debian's).")
 flags.DEFINE_string("data_dir", "", "TFDS data folder.")
 flags.DEFINE_string("output_json", "", "Also write the figures here.")
 
@@ -65,11 +76,15 @@ def _class_maps(model, images, classes):
     return np.asarray(f_last, np.float64), np.stack(alphas, axis=1)  # [N,h,w,K], [N,k,K]
 
 
-def anatomy(model, images, labels, ink):
-    """Placement and channel anatomy of one model's last-layer A_ch maps (see the module doc)."""
+def anatomy(model, images, labels, ink, boxes=None):
+    """Placement and channel anatomy of one model's last-layer A_ch maps (see the module doc).
+
+    ``boxes``: [N, 4] target boxes ``[ymin, xmin, ymax, xmax]`` in image pixels, or None.
+    """
     import numpy as np
     import tensorflow as tf
 
+    from icasc_tf.evaluation.attention_metrics import energy_in_box, pointing_game
     from icasc_tf.selection import confusing_class
 
     rows = np.arange(len(images))
@@ -106,6 +121,16 @@ def anatomy(model, images, labels, ink):
     # larger than the confusing one has little overlap min(A_T, A_C) wherever both lie.
     mass_t = np.maximum((alpha["target"][:, None, None, :] * features).sum(-1), 0).sum(axis=(1, 2))
     mass_c = np.maximum((alpha["confusing"][:, None, None, :] * features).sum(-1), 0).sum(axis=(1, 2))
+    target_maps = np.maximum((alpha["target"][:, None, None, :] * features).sum(-1), 0.0)
+    zero = target_maps.reshape(len(images), -1).max(axis=1) <= 0
+    result["zero_target_last"] = float(zero.mean())
+    result["zero_target_by_class"] = {
+        int(c): float(zero[labels == c].mean()) for c in range(model.num_classes) if (labels == c).any()
+    }
+    if boxes is not None:
+        size = images.shape[1:3]
+        result["target_mass_in_box"] = energy_in_box(target_maps, boxes, size)[1]
+        result["target_pointing"] = pointing_game(target_maps, boxes, size)[1]
     result["target_to_confusing_mass"] = float(np.median(mass_t / np.maximum(mass_c, 1e-12)))
     # Separation in channel space: the soft IoU of the target's and the confusing class's
     # channel weights (0: the two maps are built from disjoint channels, wherever they fire).
@@ -124,6 +149,9 @@ COLUMNS = (
     ("channel_ink_share", "channel mass on ink"),
     ("target_peak_on_ink", "T peak on ink"),
     ("target_mass_on_ink", "T mass on ink"),
+    ("target_mass_in_box", "T mass in box"),
+    ("target_pointing", "T pointing"),
+    ("zero_target_last", "T map all zero"),
     ("confusing_mass_on_ink", "C mass on ink"),
     ("canvas_channels", "canvas channels"),
     ("target_from_canvas_channels", "T from canvas ch."),
@@ -147,18 +175,23 @@ def main(argv):
     if not FLAGS.runs:
         print("attention_placement.py: error: give --runs=DIR[,DIR...]", file=sys.stderr)
         sys.exit(2)
-    options = {"background": "textured"} if FLAGS.background == "textured" else {}
+    cluttered = FLAGS.dataset.startswith("cluttered_")
+    options = {"background": "textured"} if cluttered and FLAGS.background == "textured" else {}
     dataset, _ = load_dataset(
-        "cluttered_digits", "test", FLAGS.num_images, training=False, data_dir=FLAGS.data_dir or None,
-        **options,
+        FLAGS.dataset, "test", FLAGS.num_images, training=False, data_dir=FLAGS.data_dir or None,
+        manual_dir=FLAGS.manual_dir or None, with_boxes=cluttered, **options,
     )
-    images, labels = (t.numpy() for t in next(iter(dataset)))
+    batch = [t.numpy() for t in next(iter(dataset))]
+    images, labels = batch[0], batch[1]
+    boxes = batch[2] if cluttered else None
     threshold = FLAGS.ink_threshold
     if threshold < 0:
         from icasc_tf.data.cluttered_digits import ClutteredDigitsConfig
 
-        threshold = 0.05 + (ClutteredDigitsConfig.background_contrast if FLAGS.background == "textured" else 0.0)
-    ink = images.max(axis=-1) > threshold
+        textured = cluttered and FLAGS.background == "textured"
+        threshold = 0.05 + (ClutteredDigitsConfig.background_contrast if textured else 0.0)
+    canvas = images.max(axis=-1)
+    ink = canvas > canvas.min(axis=(1, 2), keepdims=True) + threshold
     print(f"ink (> {threshold:.2f}) covers {ink.mean():.2f} of the canvas ({len(images)} test images)")
     print(f"| run | {' | '.join(title for _, title in COLUMNS)} |")
     print("|---|" + "---|" * len(COLUMNS))
@@ -168,8 +201,12 @@ def main(argv):
         if not os.path.exists(path):
             print(f"attention_placement.py: error: no final.keras in {run}", file=sys.stderr)
             sys.exit(2)
-        found[run] = anatomy(keras.models.load_model(path), images, labels.astype(int), ink)
-        print(f"| {run} | " + " | ".join(f"{found[run][key]:.2f}" for key, _ in COLUMNS) + " |", flush=True)
+        found[run] = anatomy(keras.models.load_model(path), images, labels.astype(int), ink, boxes)
+        cells = [f"{found[run][key]:.2f}" if key in found[run] else "n/a" for key, _ in COLUMNS]
+        print(f"| {run} | " + " | ".join(cells) + " |", flush=True)
+        zero_classes = {c: share for c, share in found[run]["zero_target_by_class"].items() if share > 0}
+        if zero_classes:
+            print(f"  all-zero target maps by class: {zero_classes}", flush=True)
     if FLAGS.output_json:
         with open(FLAGS.output_json, "w", encoding="utf-8") as f:
             json.dump(found, f, indent=2)

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from icasc_tf.data import MissingDataError, load_dataset
-from icasc_tf.data import fashion_mnist
+from icasc_tf.data import MissingDataError, fashion_mnist, load_dataset
 from icasc_tf.data.cluttered_digits import FASHION_CONFIG, load_source, make_config, render_example
 from icasc_tf.data.registry import prepare_builder
 
@@ -58,7 +57,7 @@ def test_class_names_are_those_of_tfds_fashion_mnist(tmp_path):
 
 def _pairs(images, labels):
     """The (image, label) pairs as a sorted list: TFDS stores a split in its own order."""
-    return sorted((np.asarray(i).tobytes(), int(l)) for i, l in zip(images, labels))
+    return sorted((np.asarray(i).tobytes(), int(label)) for i, label in zip(images, labels))
 
 
 def test_the_builder_holds_exactly_the_files_items(folder, tmp_path):

@@ -80,7 +80,7 @@ def test_torch_pickle_refuses_other_files_and_code(tmp_path):
         pickle.dump(1001, f)
         pickle.dump({}, f)
         f.write(b"cos\nsystem\n(S'touch " + str(tmp_path / "ran").encode() + b"'\ntR.")
-    with pytest.raises(Exception):
+    with pytest.raises(torch_pickle.TorchFileError):
         torch_pickle.load_state_dict(evil)
     assert not (tmp_path / "ran").exists()
 
@@ -186,7 +186,9 @@ def test_pretrained_lite0_names_real_photographs(keras_home):
 def test_new_head_keeps_the_pretrained_body(keras_home):
     pretrained = build_backbone("efficientnet_lite0", 1000, (96, 96, 3), weights="imagenet").model
     tuned = build_backbone("efficientnet_lite0", 7, (96, 96, 3), weights="imagenet").model
-    np.testing.assert_array_equal(tuned.get_layer("head_conv").kernel.numpy(), pretrained.get_layer("head_conv").kernel.numpy())
+    np.testing.assert_array_equal(
+        tuned.get_layer("head_conv").kernel.numpy(), pretrained.get_layer("head_conv").kernel.numpy()
+    )
     assert tuned.get_layer("logits").kernel.shape == (1280, 7)
 
 

@@ -21,7 +21,6 @@ the block is residual), ``head_{conv,bn,relu}``.
 import dataclasses
 import math
 
-import keras
 from keras import layers
 
 from icasc_tf.backbones.preprocessing import preprocess as apply_preprocess

@@ -11,7 +11,7 @@ import functools
 NUM_CLASSES = 1000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_class_names(short=True):
     """A tuple of 1000 names; ``short`` keeps each entry's first synonym ("tabby")."""
     try:
