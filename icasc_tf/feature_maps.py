@@ -2,6 +2,10 @@
 
 import keras
 
+# The layer every classifier here ends with: a Dense of class logits (no activation). Pretrained
+# weights skip it when the class count differs; painless attention combines its output.
+HEAD_LAYER = "logits"
+
 
 def _rank(output):
     return len(output.shape) if hasattr(output, "shape") else -1  # several outputs: no map

@@ -42,7 +42,7 @@ def class_gradients(tap, images, choose, *, training, head=None, dtype=tf.float3
     return f_inner, f_last, logits, gradients
 
 
-def attention_maps(attention, f_inner, f_last, gradients, dtype=tf.float32):
+def maps_from_gradients(attention, f_inner, f_last, gradients, dtype=tf.float32):
     """One ``(inner, last)`` pair of maps ``[B, h, w]`` per ``(g_inner, g_last)`` pair."""
     f_inner, f_last = tf.cast(f_inner, dtype), tf.cast(f_last, dtype)
     return [
@@ -90,7 +90,7 @@ def attention_terms(tap, images, labels, *, attention, num_classes, multi_label,
     )
     if not second_order:
         gradients = tf.nest.map_structure(tf.stop_gradient, gradients)
-    target, confusing = attention_maps(attention, f_inner, f_last, gradients, dtype)
+    target, confusing = maps_from_gradients(attention, f_inner, f_last, gradients, dtype)
     terms = separation_and_consistency(target, confusing, **mask_options)
     terms["logits"] = logits
     return terms

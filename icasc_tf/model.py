@@ -79,7 +79,7 @@ class ICASC(KerasCompat, keras.Model):
         _check_backbone(backbone)
         inner = feature_layer(backbone, inner_layer, "inner_layer")
         last = feature_layer(backbone, last_layer, "last_layer")
-        self._attention = get_attention(attention, trainable=True)
+        self._map_function = get_attention(attention, trainable=True)  # ``self.attention`` is its name
         if bn_mode not in BN_MODES:
             raise ValueError(f"Unknown bn_mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}.")
         loss_weights = tuple(float(w) for w in loss_weights)
@@ -193,7 +193,7 @@ class ICASC(KerasCompat, keras.Model):
         if with_attention:
             terms = method.attention_terms(
                 self._tap, images, labels,
-                attention=self._attention, num_classes=self.num_classes,
+                attention=self._map_function, num_classes=self.num_classes,
                 multi_label=self.multi_label, training=training,
                 head=self._head if training else None, second_order=self.second_order,
                 dtype=self._loss_dtype, sigma=self.sigma, omega=self.omega, theta=self.theta,
@@ -303,7 +303,7 @@ class ICASC(KerasCompat, keras.Model):
             return [tf.one_hot(ids[:, j], self.num_classes) for j in range(ids.shape[1])]
 
         f_inner, f_last, _, gradients = method.class_gradients(self._tap, images, choose, training=False)
-        maps = method.attention_maps(function, f_inner, f_last, gradients)
+        maps = method.maps_from_gradients(function, f_inner, f_last, gradients)
         return {
             "classes": chosen["classes"].numpy(),
             "probabilities": chosen["probabilities"].numpy(),

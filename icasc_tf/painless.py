@@ -21,7 +21,8 @@ import dataclasses
 import keras
 from keras import ops
 
-from icasc_tf.feature_maps import feature_layer, feature_map_names
+from icasc_tf.backbones import Backbone
+from icasc_tf.feature_maps import HEAD_LAYER, feature_layer, feature_map_names
 
 REDUCTIONS = ("avg", "projection")
 GATE_MODES = ("learned", "uniform", "network")
@@ -29,7 +30,6 @@ PREFIX = "painless_"
 MODULE_PREFIX = f"{PREFIX}attention_"
 OUTPUT_NAME = f"{PREFIX}output"
 NET_GATE_NAME = f"{PREFIX}net_gate"
-LOGITS_LAYER = "logits"
 
 
 def spatial_softmax(scores):
@@ -209,15 +209,15 @@ def _feature_map(model, name):
 def _network_output(model):
     """The ``logits`` Dense layer: its input feeds the network gate, its output is out_net."""
     try:
-        layer = model.get_layer(LOGITS_LAYER)
+        layer = model.get_layer(HEAD_LAYER)
     except ValueError:
         raise ValueError(
-            f"Model {model.name!r} has no layer named {LOGITS_LAYER!r}. End the classifier "
-            f"with keras.layers.Dense(classes, name={LOGITS_LAYER!r}) (no activation)."
+            f"Model {model.name!r} has no layer named {HEAD_LAYER!r}. End the classifier "
+            f"with keras.layers.Dense(classes, name={HEAD_LAYER!r}) (no activation)."
         ) from None
     if len(model.outputs) != 1 or model.outputs[0] is not layer.output:
         raise ValueError(
-            f"Model {model.name!r} must have a single output, that of its {LOGITS_LAYER!r} "
+            f"Model {model.name!r} must have a single output, that of its {HEAD_LAYER!r} "
             "layer; painless attention combines that output with its heads' hypotheses."
         )
     if (
@@ -225,19 +225,19 @@ def _network_output(model):
         or layer.activation is not keras.activations.linear
     ):
         raise ValueError(
-            f"Layer {LOGITS_LAYER!r} must be a Dense layer without activation (class logits); "
+            f"Layer {HEAD_LAYER!r} must be a Dense layer without activation (class logits); "
             f"got {type(layer).__name__} with activation {getattr(layer, 'activation', None)}."
         )
     if len(layer.input.shape) != 2:
         raise ValueError(
-            f"Layer {LOGITS_LAYER!r} must take pooled features [batch, features]; its input "
+            f"Layer {HEAD_LAYER!r} must take pooled features [batch, features]; its input "
             f"has shape {tuple(layer.input.shape)}. Pool the feature map before it."
         )
     return layer.input, layer.output
 
 
 def _is_backbone(backbone):
-    return all(hasattr(backbone, attr) for attr in ("model", "stage_layers"))
+    return isinstance(backbone, Backbone)
 
 
 def _resolve_layer_names(backbone, depth, layer_names):
@@ -297,8 +297,7 @@ def add_painless_attention(
     logits (a Backbone keeps its inner/last/stage layer names). The new model reuses the
     backbone's layers and weights; build a fresh backbone to keep an independent copy.
     """
-    if gates not in GATE_MODES:
-        raise ValueError(f"Unknown gates {gates!r}: choose one of {', '.join(GATE_MODES)}.")
+    combine = PainlessOutput(gates=gates, name=OUTPUT_NAME)  # checks ``gates`` before anything is built
     if int(width) < 1:
         raise ValueError(f"width (attention width AW) must be >= 1; got {width}.")
     if _is_backbone(backbone):
@@ -332,7 +331,6 @@ def add_painless_attention(
         head_logits.append(outputs[0])
         if learned:
             scores.append(outputs[2])
-    combine = PainlessOutput(gates=gates, name=OUTPUT_NAME)
     logits, _ = combine(net_logits, head_logits, scores if learned else None)
     wrapped = keras.Model(model.input, logits, name=name or f"{model.name}_painless")
     if _is_backbone(backbone):

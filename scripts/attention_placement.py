@@ -26,13 +26,21 @@ the digits, which is how L_AS can fall while localization gets worse (BUILD_NOTE
     python scripts/attention_placement.py --dataset=fashion_mnist --runs=runs/study3/scratch/empty/ach/seed-0
 """
 
+import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import keras
+import numpy as np
+import tensorflow as tf
 from absl import app, flags
+
+from icasc_tf import method
+from icasc_tf.data import load_dataset
+from icasc_tf.data.cluttered_digits import ClutteredDigitsConfig
+from icasc_tf.evaluation.attention_metrics import energy_in_box, pointing_game
+from icasc_tf.selection import confusing_class
+from icasc_tf.train import RunDir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Run folders (each with final.keras), trained on --dataset.")
@@ -55,12 +63,6 @@ flags.DEFINE_string("output_json", "", "Also write the figures here.")
 
 def _class_maps(model, images, classes):
     """Last-layer feature map F, and alpha_k^c for each column of ``classes`` ([N, k] ids)."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from icasc_tf import method
-
     selectors = [tf.one_hot(classes[:, j], model.num_classes) for j in range(classes.shape[1])]
     backbone = model.backbone
     tap = keras.Model(
@@ -81,12 +83,6 @@ def anatomy(model, images, labels, ink, boxes=None):
 
     ``boxes``: [N, 4] target boxes ``[ymin, xmin, ymax, xmax]`` in image pixels, or None.
     """
-    import numpy as np
-    import tensorflow as tf
-
-    from icasc_tf.evaluation.attention_metrics import energy_in_box, pointing_game
-    from icasc_tf.selection import confusing_class
-
     rows = np.arange(len(images))
     confusing = confusing_class(labels, model.predict(images, verbose=0)).numpy()
     every_class = np.tile(np.arange(model.num_classes), (len(images), 1))
@@ -165,13 +161,6 @@ COLUMNS = (
 
 def main(argv):
     del argv
-    import json
-
-    import keras
-
-    import icasc_tf  # noqa: F401  (registers the custom layers)
-    from icasc_tf.data import load_dataset
-
     if not FLAGS.runs:
         print("attention_placement.py: error: give --runs=DIR[,DIR...]", file=sys.stderr)
         sys.exit(2)
@@ -186,7 +175,6 @@ def main(argv):
     boxes = batch[2] if cluttered else None
     threshold = FLAGS.ink_threshold
     if threshold < 0:
-        from icasc_tf.data.cluttered_digits import ClutteredDigitsConfig
 
         textured = cluttered and FLAGS.background == "textured"
         threshold = 0.05 + (ClutteredDigitsConfig.background_contrast if textured else 0.0)
@@ -200,11 +188,11 @@ def main(argv):
     print("|---|" + "---|" * len(COLUMNS))
     found = {}
     for run in FLAGS.runs:
-        path = os.path.join(run, "final.keras")
+        path = RunDir(run).model_path("final")
         if not os.path.exists(path):
             print(f"attention_placement.py: error: no final.keras in {run}", file=sys.stderr)
             sys.exit(2)
-        found[run] = anatomy(keras.models.load_model(path), images, labels.astype(int), ink, boxes)
+        found[run] = anatomy(RunDir(run).load_model("final"), images, labels.astype(int), ink, boxes)
         cells = [f"{found[run][key]:.2f}" if key in found[run] else "n/a" for key, _ in COLUMNS]
         print(f"| {run} | " + " | ".join(cells) + " |", flush=True)
         zero_classes = {c: share for c, share in found[run]["zero_target_by_class"].items() if share > 0}

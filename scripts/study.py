@@ -34,14 +34,24 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import keras
+import matplotlib
+import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from icasc_tf import config as run_config
-from icasc_tf.files import atomic_write_json, atomic_write_text
+from icasc_tf.data import load_dataset
+from icasc_tf.data.registry import get_spec
+from icasc_tf.evaluation import evaluate_model
+from icasc_tf.evaluation.statistics import difference_to_baseline
+from icasc_tf.train import RunDir, RunExistsError, run_training
+from icasc_tf.train import config as run_config
+from icasc_tf.train.files import atomic_write_json, atomic_write_text
+from icasc_tf.train.run import build_model
+from icasc_tf.visualize import top5_figure
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after the Agg backend is chosen
 
 FLAGS = flags.FLAGS
 ARMS = {
@@ -147,7 +157,7 @@ class Arm:
         if finetune:
             base = self.baseline().config(recipe, seed, output_dir)
             config = dataclasses.replace(
-                config, weights=os.path.join(base.model_dir, "final.keras"),
+                config, weights=RunDir(base.model_dir).model_path("final"),
                 epochs=min(FINETUNE_EPOCHS, config.epochs), learning_rate=config.learning_rate / 10,
             )
         return config
@@ -161,9 +171,6 @@ def study_recipe():
 def load_split(config, split, batch_size, training=False):
     """``split`` of the run's dataset as the run saw it (size, builder options), with boxes
     where the dataset has them."""
-    from icasc_tf.data import load_dataset
-    from icasc_tf.data.registry import get_spec
-
     spec = get_spec(config.dataset)
     return load_dataset(
         config.dataset, split, batch_size, training=training, seed=config.seed,
@@ -192,44 +199,39 @@ def confusable_pair_errors(results, class_names):
 # ----------------------------------------------------------------------------- runs
 def run_arm(arm, seed, recipe):
     """Train (unless finished) and evaluate (unless evaluated) one arm/seed; return its eval dict."""
-    import keras
-
-    from icasc_tf.evaluation import evaluate_model
-    from icasc_tf.training import RunExistsError, changed_options, run_training
-
     config = arm.config(recipe, seed, FLAGS.output_dir)
-    changed = changed_options(config)
+    changed = RunDir(config.model_dir).changed_options(config)
     if changed:
         raise RunExistsError(
             f"{config.model_dir} was trained with other options ({', '.join(changed)}); "
             "use another --output_dir for another recipe."
         )
-    eval_path = os.path.join(config.model_dir, "eval_test.json")
+    run_dir = RunDir(config.model_dir)
+    eval_path = run_dir.file("eval_test.json")
     if os.path.exists(eval_path):
         with open(eval_path, encoding="utf-8") as f:
             return json.load(f)
-    if not os.path.exists(os.path.join(config.model_dir, "metrics.json")):
+    if not run_dir.finished:
         print(f"study: {arm.key} seed {seed} -> {config.model_dir}", flush=True)
         run_training(config)
-    model = keras.models.load_model(os.path.join(config.model_dir, "final.keras"))
+    model = run_dir.load_model("final")
     dataset, info = load_split(config, "test", config.batch_size)
     results = evaluate_model(
         model, dataset, info, max_batches=FLAGS.eval_batches or None,
-        ks_chart_path=os.path.join(config.model_dir, "ks_test.png"),
+        ks_chart_path=run_dir.file("ks_test.png"),
     )
     pairs = confusable_pair_errors(results, info.class_names)
     if pairs:
         results["confusable_pairs"] = pairs
         results["confusable_error"] = statistics.fmean(pairs.values())
-    results["validation_curve"] = _validation_curve(config.model_dir)
+    results["validation_curve"] = _validation_curve(run_dir)
     atomic_write_json(eval_path, results)
     return results
 
 
-def _validation_curve(model_dir):
+def _validation_curve(run_dir):
     """Per-epoch validation accuracy and zero-target-map shares from the run's metrics.json."""
-    with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as f:
-        history = json.load(f).get("history", {})
+    history = run_dir.metrics().get("history", {})
     keys = [k for k in history if k.endswith(("accuracy", "zero_target_inner", "zero_target_last"))]
     return {k: history[k] for k in keys}
 
@@ -240,11 +242,6 @@ def step_times(arms, recipe):
     Arms are timed in interleaved rounds (as scripts/bench_step.py does), so that drift of
     the machine hits every arm alike. Arms that differ only in data share a measurement.
     """
-    import keras
-    import numpy as np
-
-    from icasc_tf.training import build_model
-
     configs = {arm.key: arm.config(recipe, 0, FLAGS.output_dir) for arm in arms}
     dataset, info = load_split(recipe, recipe.train_split, recipe.batch_size, training=True)
     x, y = next(iter(dataset))
@@ -281,8 +278,6 @@ COLUMNS = [
 
 def summarise(results, times):
     """``results``: {arm key: [eval dict per seed]}; returns {arm key: row}."""
-    from icasc_tf.evaluation.statistics import difference_to_baseline
-
     table = {}
     for key, runs in results.items():
         row = {"seeds": len(runs)}
@@ -332,10 +327,7 @@ def markdown(table):
 
 
 def bar_chart(table, path):
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     arms = [a for a in table if "top1" in table[a]]
     means = [table[a]["top1"]["mean"] * 100 for a in arms]
@@ -355,19 +347,12 @@ def bar_chart(table, path):
 
 def comparison_figure(recipe, background, path):
     """Baseline row over ICASC row on the same test images (seed 0 of each)."""
-    import keras
-    import numpy as np
-
-    from icasc_tf.visualize import top5_figure
-
     arms = {name: Arm(name, (), background) for name in ("baseline", "ach")}
     config = arms["baseline"].config(recipe, 0, FLAGS.output_dir)
     dataset, info = load_split(config, "test", 6)
     images, labels = next(iter(dataset))[:2]
     models = {
-        name: keras.models.load_model(
-            os.path.join(arm.config(recipe, 0, FLAGS.output_dir).model_dir, "final.keras")
-        )
+        name: RunDir(arm.config(recipe, 0, FLAGS.output_dir).model_dir).load_model("final")
         for name, arm in arms.items()
     }
     top5_figure(models, np.asarray(images), np.asarray(labels), info.class_names, path=path)

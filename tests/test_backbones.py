@@ -1,19 +1,16 @@
 """The backbone registry: shapes and layer names, options, preprocessing, weight files, ICASC."""
 
-import inspect
+import io
 import os
 import pathlib
 import socket
 import urllib.error
+import urllib.request
 
 import h5py
 import keras
 import numpy as np
 import pytest
-from keras.src.applications import resnet as keras_resnet_app
-from keras.src.applications import vgg19 as keras_vgg19_app
-from keras.src.legacy.saving import legacy_h5_format
-from keras.src.utils import file_utils
 
 from icasc_tf import ICASC
 from icasc_tf.backbones import (
@@ -334,26 +331,25 @@ def keras_home(tmp_path, monkeypatch):
     """An empty KERAS_HOME and a network that fails like an offline machine's.
 
     Keras resolves KERAS_HOME when it is imported; icasc_tf reads the variable when it
-    looks, so setting it here is enough. The download itself (``urlretrieve`` inside
-    ``keras.utils.get_file``) raises as a failed DNS lookup does, and counts its calls.
+    looks, so setting it here is enough. Every URL opened (``keras.utils.get_file`` downloads
+    through ``urllib.request.urlopen``) fails as a failed DNS lookup does, and is counted.
     """
     home = tmp_path / "keras_home"
     monkeypatch.setenv("KERAS_HOME", str(home))
     calls = []
 
     def offline(url, *args, **kwargs):
-        calls.append(url)
+        calls.append(getattr(url, "full_url", url))
         raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
 
-    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     return home, calls
 
 
 def _write_legacy_h5_weights(model, path):
     """What keras.applications' ``*_notop.h5`` files are: legacy HDF5 weights by layer name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as h5:
-        legacy_h5_format.save_weights_to_hdf5_group(h5, model)
+    _write_keras_applications_notop(model, path)
 
 
 def _read_legacy_h5_weights(path):
@@ -369,17 +365,31 @@ def _read_legacy_h5_weights(path):
     return out
 
 
-def test_imagenet_files_are_keras_applications_own():
-    vgg = IMAGENET_WEIGHTS["vgg19"]
-    assert vgg.origin == keras_vgg19_app.WEIGHTS_PATH_NO_TOP
-    assert vgg.origin.endswith("/" + vgg.file_name)
-    source = inspect.getsource(keras_vgg19_app.VGG19)
-    assert f'"{vgg.file_name}"' in source and f'"{vgg.file_hash}"' in source
-    for arch in ("resnet50", "resnet101"):
-        spec = IMAGENET_WEIGHTS[arch]
-        assert spec.file_name == f"{arch}_weights_tf_dim_ordering_tf_kernels_notop.h5"
-        assert spec.origin == keras_resnet_app.BASE_WEIGHTS_PATH + spec.file_name
-        assert spec.file_hash == keras_resnet_app.WEIGHTS_HASHES[arch][1]  # [1]: include_top=False
+@pytest.mark.parametrize("arch", ["vgg19", "resnet50", "resnet101"])
+def test_imagenet_files_are_keras_applications_own(keras_home, monkeypatch, arch):
+    """keras.applications itself, asked for the same weights, fetches the same file from the same
+    address and checks it against the same md5 (seen from the URL it opens and the hash error a
+    wrong download gets)."""
+    home, calls = keras_home
+
+    class Response(io.BytesIO):
+        headers = {}
+
+        def info(self):
+            return {}
+
+    def serve(url, *args, **kwargs):
+        calls.append(getattr(url, "full_url", url))
+        return Response(b"not the weights")
+
+    monkeypatch.setattr(urllib.request, "urlopen", serve)
+    application = {"vgg19": keras.applications.VGG19, "resnet50": keras.applications.ResNet50,
+                   "resnet101": keras.applications.ResNet101}[arch]
+    with pytest.raises(ValueError, match="hash does not match") as error:
+        application(include_top=False, weights="imagenet", input_shape=(32, 32, 3))
+    spec = IMAGENET_WEIGHTS[arch]
+    assert calls == [spec.origin] and spec.origin.endswith("/" + spec.file_name)
+    assert spec.file_hash in str(error.value)
     assert set(IMAGENET_WEIGHTS) == {"vgg19", "resnet50", "resnet101"}
 
 
@@ -395,13 +405,10 @@ def test_imagenet_file_is_found_in_the_keras_cache(keras_home, arch, caplog):
     assert f"md5 differs from keras.applications' {IMAGENET_WEIGHTS[arch].file_hash}" in caplog.text
 
 
-def test_keras_cache_dir_without_keras_home_is_keras_own(monkeypatch):
-    from keras.src.backend import config as keras_config
-
+def test_keras_cache_dir_without_keras_home_is_keras_own(monkeypatch, tmp_path):
     monkeypatch.delenv("KERAS_HOME", raising=False)
-    expected = keras_config.keras_home()
-    if os.access(expected, os.W_OK):
-        assert keras_cache_dir() == os.path.join(expected, "models")
+    monkeypatch.setenv("HOME", str(tmp_path))  # keras.utils.get_file's documented default: ~/.keras
+    assert keras_cache_dir() == os.path.join(str(tmp_path), ".keras", "models")
 
 
 @pytest.mark.parametrize("arch", ["vgg19", "resnet50"])

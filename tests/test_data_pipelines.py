@@ -157,12 +157,12 @@ def test_random_crop_and_flip_move_the_box_with_the_object():
     box = np.array([0.25, 0.1, 0.75, 0.4], np.float32)
     image[15:45, 8:32] = 255
     for seed in range(6):
-        for recipe in ("squash", "inception"):
+        for augmentation in ("squash", "inception"):
             out, out_box = transform_example(
                 tf.constant(image),
                 tf.constant(box),
                 tf.constant([seed, 7], tf.int64),
-                recipe=recipe,
+                augmentation=augmentation,
                 size=(28, 28),
                 training=True,
                 crops="single",
@@ -179,7 +179,7 @@ def test_random_crop_and_flip_move_the_box_with_the_object():
 def test_cifar_pad_keeps_the_box_and_same_seed_same_crop():
     image = tf.zeros((32, 32, 3), tf.uint8)
     args = dict(
-        recipe="cifar",
+        augmentation="cifar",
         size=(32, 32),
         training=True,
         crops="single",

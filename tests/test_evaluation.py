@@ -28,6 +28,7 @@ from icasc_tf.evaluation import (
 )
 from icasc_tf.evaluation.statistics import difference_to_baseline
 from tests.nets import tiny_convnet
+from tests.script_output import our_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -295,12 +296,12 @@ def test_script_evaluates_a_run_folder(tmp_path):
 def test_script_exits_non_zero_with_one_clear_line(args, message):
     done = _run_script(*args)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"evaluate.py: error: {message}"]
+    assert our_lines(done.stderr) == [f"evaluate.py: error: {message}"]
 
 
 def test_script_rejects_a_missing_final_model_and_an_unknown_dataset(tmp_path):
     model_dir = _tiny_run(tmp_path)
-    done = _run_script(f"--model_dir={model_dir}", "--final")
+    done = _run_script(f"--model_dir={model_dir}", "--which_model=final")
     assert done.returncode == 2
     want = f"evaluate.py: error: Model file {model_dir / 'final.keras'} does not exist."
     assert done.stderr.strip().splitlines()[-1] == want

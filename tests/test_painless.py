@@ -1,11 +1,11 @@
 """Painless attention (WRNA): shapes, normalisations, the identity, L_R, training, saving."""
 
-import dataclasses
 
 import keras
 import numpy as np
 import pytest
 
+from icasc_tf.backbones import Backbone
 from icasc_tf.painless import (
     PainlessOutput,
     add_painless_attention,
@@ -35,19 +35,6 @@ def three_stage_net(size=32, seed=0):
     features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = keras.layers.Dense(CLASSES, kernel_initializer=init, name="logits")(features)
     return keras.Model(inputs, logits, name="three_stage")
-
-
-@dataclasses.dataclass
-class StandInBackbone:
-    """The fields of icasc_tf.backbones.Backbone that the builder relies on."""
-
-    model: keras.Model
-    inner_layer: str
-    last_layer: str
-    stage_layers: tuple
-
-    def icasc_layers(self):
-        return {"inner_layer": self.inner_layer, "last_layer": self.last_layer}
 
 
 def images(batch=4, size=32, seed=0):
@@ -209,9 +196,9 @@ def test_fit_with_plain_keras_trains_the_attention():
 def test_backbone_in_backbone_out_and_icasc_trains_it(bn_mode):
     from icasc_tf import ICASC
 
-    backbone = StandInBackbone(three_stage_net(), "stage2", "stage3", STAGES)
+    backbone = Backbone(three_stage_net(), "stage2", "stage3", STAGES)
     wrna = add_painless_attention(backbone, depth=2, width=2, gamma=50.0)
-    assert isinstance(wrna, StandInBackbone)
+    assert isinstance(wrna, Backbone)
     assert (wrna.inner_layer, wrna.last_layer, wrna.stage_layers) == ("stage2", "stage3", STAGES)
     x, y = images(8), np.arange(8) % CLASSES
     masks = painless_probe(wrna)(x)["masks"]
@@ -267,7 +254,7 @@ def test_errors_name_the_problem_and_the_choices():
         add_painless_attention(three_stage_net(), layer_names=["stage3"], gates="off")
     with pytest.raises(ValueError, match="depth must be between 1 and"):
         add_painless_attention(
-            StandInBackbone(three_stage_net(), "stage2", "stage3", STAGES), depth=4
+            Backbone(three_stage_net(), "stage2", "stage3", STAGES), depth=4
         )
     inputs = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(4, 3, name="conv")(inputs)

@@ -1,4 +1,4 @@
-"""The paper's recipes as defaults: --dataset (and --arch) without --flagfile (icasc_tf.recipes)."""
+"""The paper's recipes as defaults: --dataset (and --arch) without --flagfile (icasc_tf.train.recipes)."""
 
 import dataclasses
 import json
@@ -9,11 +9,9 @@ import sys
 import pytest
 from absl import flags
 
-from icasc_tf import config as run_config
-from icasc_tf import recipes
-from icasc_tf.config import TrainConfig
-from icasc_tf.recipes import config_from_argv, read_flagfile
-from icasc_tf.training import write_run_files
+from icasc_tf.train import RunDir, TrainConfig, recipes
+from icasc_tf.train import config as run_config
+from icasc_tf.train.recipes import config_from_argv, read_flagfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(ROOT, "flags")
@@ -125,7 +123,7 @@ def test_resolved_values_are_what_flags_txt_and_config_json_record(tmp_path):
     resolution = config_from_argv(
         ["train.py", "--dataset=caltech256", "--arch=vgg19", f"--model_dir={tmp_path / 'run'}"]
     )
-    write_run_files(resolution.config, "new", resolution.recipe_line)  # what run_training writes
+    RunDir(resolution.config.model_dir).write_options(resolution.config, [resolution.recipe_line])  # as a run does
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved == dataclasses.asdict(resolution.config)
     flags_txt = (tmp_path / "run" / "flags.txt").read_text()

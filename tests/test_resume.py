@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-from icasc_tf.callbacks import ResumableCheckpoint
-from icasc_tf.config import TrainConfig
-from icasc_tf.training import TrainingStream, run_training
+from icasc_tf.train import TrainConfig, run_training
+from icasc_tf.train.callbacks import ResumableCheckpoint
+from icasc_tf.train.stream import TrainingStream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""scripts/train.py and icasc_tf.training: a finished tool, tested on tiny bundled data."""
+"""scripts/train.py and icasc_tf.train: a finished tool, tested on tiny bundled data."""
 
 import collections
 import glob
@@ -14,9 +14,9 @@ import pytest
 from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
-from icasc_tf import config as run_config
-from icasc_tf.config import TrainConfig
-from icasc_tf.training import RunExistsError, run_training
+from icasc_tf.train import TrainConfig, run_training
+from icasc_tf.train import config as run_config
+from icasc_tf.train.run_dir import RunExistsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DATA = ["num_train=96", "num_test=32"]
@@ -87,9 +87,9 @@ def test_run_writes_everything_and_resumes(tmp_path):
     run = tmp_path / "run"
     assert (run / "checkpoints" / "epoch-0002").is_dir() and not (run / "metrics.json").exists()
     # The checkpoint holds the weights the run had when it was killed (and the optimizer state).
-    from icasc_tf.callbacks import ResumableCheckpoint
     from icasc_tf.data import load_dataset
-    from icasc_tf.training import build_model, learning_rate
+    from icasc_tf.train.callbacks import ResumableCheckpoint
+    from icasc_tf.train.run import build_model, learning_rate
 
     _, info = load_dataset("cluttered_digits", "train", 16, data_dir=config.data_dir, num_train=96, num_test=32)
     fresh = build_model(config, info)

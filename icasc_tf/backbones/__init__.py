@@ -24,7 +24,8 @@ from icasc_tf.backbones.imagenet import (
     keras_cache_dir,
 )
 from icasc_tf.backbones.preprocessing import PREPROCESS_MODES, ImagePreprocess
-from icasc_tf.backbones.weights import HEAD_LAYER, load_pretrained_weights
+from icasc_tf.backbones.weights import load_pretrained_weights
+from icasc_tf.feature_maps import HEAD_LAYER
 
 __all__ = [
     "BACKBONES",

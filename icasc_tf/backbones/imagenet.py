@@ -20,20 +20,13 @@ import tempfile
 
 import keras
 
-try:  # where Keras resolved KERAS_HOME (or ~/.keras) when it was imported
-    from keras.src.backend.config import keras_home as _keras_home
-except ImportError:  # pragma: no cover - another Keras layout
-
-    def _keras_home():
-        return os.path.join(os.path.expanduser("~"), ".keras")
-
 IMAGENET = "imagenet"
 CACHE_SUBDIR = "models"  # keras.applications' cache_subdir
 # Seconds a blocked connection may stall a socket operation of the download (each one,
 # not the whole transfer), so that a machine without network fails in seconds.
 DOWNLOAD_TIMEOUT = 30.0
 CONVERSION_DOC = (
-    'README.md, section "Pretrained weights" (recipe: docs/weights.md): convert a '
+    'README.md, section "Pretrained weights" (how: docs/weights.md): convert a '
     "torchvision or keras-hub checkpoint once, save it with model.save('x.h5') and pass "
     "weights='x.h5'"
 )
@@ -99,12 +92,10 @@ def check_channels(arch, input_shape):
 
 def keras_cache_dir():
     """The folder keras.applications caches weight files in: ``$KERAS_HOME/models``, else
-    ``~/.keras/models`` (``/tmp/.keras/models`` when that is not writable).
-
-    ``KERAS_HOME`` is read now, not only when Keras was imported, so setting it later
-    (e.g. in a test) counts; otherwise Keras's own resolved home is used.
+    ``~/.keras/models`` (``/tmp/.keras/models`` when that is not writable), as documented for
+    ``keras.utils.get_file``. ``KERAS_HOME`` is read now, so setting it later (a test) counts.
     """
-    base = os.path.expanduser(os.environ.get("KERAS_HOME") or _keras_home())
+    base = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
     with contextlib.suppress(OSError):
         os.makedirs(base, exist_ok=True)
     if not os.access(base, os.W_OK):  # as keras.utils.get_file falls back

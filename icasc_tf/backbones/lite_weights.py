@@ -20,6 +20,7 @@ import numpy as np
 
 from icasc_tf.backbones import torch_pickle
 from icasc_tf.backbones.imagenet import MissingWeightsError, keras_cache_dir
+from icasc_tf.feature_maps import HEAD_LAYER
 
 CACHE_VERSION = 1  # bump when the conversion changes, so stale cached files are not used
 
@@ -97,7 +98,7 @@ def convert_state_dict(state):
         bn(f"{src}._bn2", f"{dst}_project_bn")
     conv("_conv_head", "head_conv")
     bn("_bn1", "head_bn")
-    layers["logits"] = [("kernel", take("_fc.weight").T), ("bias", take("_fc.bias"))]
+    layers[HEAD_LAYER] = [("kernel", take("_fc.weight").T), ("bias", take("_fc.bias"))]
     left = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked"))
     if left:
         raise ValueError(f"Unconverted tensors in the EfficientNet-Lite state dict: {left[:5]}")

@@ -19,7 +19,8 @@ import zipfile
 import h5py
 import numpy as np
 
-HEAD_LAYER = "logits"
+from icasc_tf.feature_maps import HEAD_LAYER
+
 # Below this share of the model's weighted layers matched, the file is for another net.
 MIN_MATCHED_FRACTION = 0.5
 _KERAS_ZIP_WEIGHTS = "model.weights.h5"

@@ -1,7 +1,7 @@
 """`load_dataset`: one call from a dataset name to a batched, augmented `tf.data` pipeline.
 
-Each dataset follows the recipe of the papers' experiments (METHOD.md section 1.7); the
-recipes themselves are the `RECIPES` of `registry`:
+Each dataset is augmented as in the papers' experiments (docs/method.md, section 1.7), by one of
+the `AUGMENTATIONS` of `registry`:
 - none (cluttered digits): the composites are already random, nothing is added;
 - cifar: per-pixel train-mean subtraction, then (training) zero-pad 4, random crop, flip;
 - squash (Caltech-256, CUB, VOC): resize the whole image (aspect not kept) to 8/7 of the input
@@ -25,8 +25,8 @@ import tensorflow_datasets as tfds
 
 from icasc_tf.data import transforms
 from icasc_tf.data.registry import (
+    AUGMENTATIONS,
     DATASETS,
-    RECIPES,
     SPECS,
     DatasetSpec,
     default_data_dir,
@@ -35,7 +35,7 @@ from icasc_tf.data.registry import (
 )
 
 CROPS = ("single", "ten")
-_PHOTO_RECIPES = ("squash", "inception")  # those that resize, then crop (and can ten-crop)
+_PHOTO_AUGMENTATIONS = ("squash", "inception")  # those that resize, then crop (and can ten-crop)
 AUTOTUNE = tf.data.AUTOTUNE
 _MAX_SHUFFLE_BUFFER = 10_000  # of encoded images for large datasets (about 1 GB for ImageNet)
 
@@ -72,8 +72,8 @@ def _image_size(image_size, default: int) -> tuple[int, int]:
 def _check_arguments(name, spec, split, batch_size, training, with_boxes, crops, resize):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if resize is not None and (spec.recipe not in _PHOTO_RECIPES or resize < 1):
-        photo_datasets = [n for n, s in SPECS.items() if s.recipe in _PHOTO_RECIPES]
+    if resize is not None and (spec.augmentation not in _PHOTO_AUGMENTATIONS or resize < 1):
+        photo_datasets = [n for n, s in SPECS.items() if s.augmentation in _PHOTO_AUGMENTATIONS]
         raise ValueError(
             f"resize={resize!r}: a side >= 1 for the datasets that crop after resizing "
             f"{photo_datasets}; {name!r} is used at its own size (set image_size instead)."
@@ -85,8 +85,8 @@ def _check_arguments(name, spec, split, batch_size, training, with_boxes, crops,
             raise ValueError(
                 'crops="ten" is for evaluation; pass training=False or crops="single".'
             )
-        if spec.recipe not in _PHOTO_RECIPES:
-            ten_crop_datasets = [n for n, s in SPECS.items() if s.recipe in _PHOTO_RECIPES]
+        if spec.augmentation not in _PHOTO_AUGMENTATIONS:
+            ten_crop_datasets = [n for n, s in SPECS.items() if s.augmentation in _PHOTO_AUGMENTATIONS]
             raise ValueError(f'crops="ten" works for {ten_crop_datasets}, not {name!r}.')
         if with_boxes:
             raise ValueError(
@@ -204,10 +204,10 @@ def _selector(spec: DatasetSpec, num_classes: int, with_boxes: bool):
     return select
 
 
-def transform_example(image, box, seed, *, recipe, size, training, crops, resize=None, mean=None):
-    """Applies a recipe to one uint8 image (and its box); `seed` is a stateless seed or None.
+def transform_example(image, box, seed, *, augmentation, size, training, crops, resize=None, mean=None):
+    """Applies an augmentation to one uint8 image (and its box); `seed` is a stateless seed or None.
 
-    `resize` is the side the photo recipes resize to before cropping `size` (squash: both sides;
+    `resize` is the side the photo augmentations resize to before cropping `size` (squash: both sides;
     inception evaluation: the shorter side); None means 8/7 of `size` (256 for 224).
     """
     height, width = size
@@ -221,10 +221,10 @@ def transform_example(image, box, seed, *, recipe, size, training, crops, resize
         if seed is None
         else tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     )
-    if recipe == "none":
+    if augmentation == "none":
         if tuple(image.shape[:2]) != (height, width):
             image = transforms.resize(image, height, width)
-    elif recipe == "cifar":
+    elif augmentation == "cifar":
         image = image - mean
         if tuple(image.shape[:2]) != (height, width):
             image = transforms.resize(image, height, width)
@@ -232,7 +232,7 @@ def transform_example(image, box, seed, *, recipe, size, training, crops, resize
             image, box = transforms.pad(image, box, max(1, height // 8))
             image, box = transforms.random_crop(image, box, height, width, crop_seed)
             image, box = transforms.random_flip(image, box, flip_seed)
-    elif recipe == "squash":
+    elif augmentation == "squash":
         image = transforms.resize(image, resize_h, resize_w)
         if training:
             image, box = transforms.random_crop(image, box, height, width, crop_seed)
@@ -241,7 +241,7 @@ def transform_example(image, box, seed, *, recipe, size, training, crops, resize
             image = transforms.ten_crop(image, height, width)
         else:
             image, box = transforms.center_crop(image, box, height, width)
-    elif recipe == "inception":
+    elif augmentation == "inception":
         if training:
             image, box = transforms.random_resized_crop(image, box, height, width, crop_seed)
             image, box = transforms.random_flip(image, box, flip_seed)
@@ -252,7 +252,7 @@ def transform_example(image, box, seed, *, recipe, size, training, crops, resize
             else:
                 image, box = transforms.center_crop(image, box, height, width)
     else:
-        raise ValueError(f"Unknown recipe {recipe!r}; choose one of {RECIPES}.")
+        raise ValueError(f"Unknown augmentation {augmentation!r}; choose one of {AUGMENTATIONS}.")
     return image, box
 
 
@@ -298,7 +298,7 @@ def load_dataset(
     builder = prepare_builder(name, data_dir, manual_dir, config)
     label_feature = builder.info.features[spec.label_key]
     num_classes = (label_feature.feature if spec.multi_label else label_feature).num_classes
-    mean = train_pixel_mean(builder, spec, data_dir) if spec.recipe == "cifar" else None
+    mean = train_pixel_mean(builder, spec, data_dir) if spec.augmentation == "cifar" else None
 
     options = tf.data.Options()
     options.deterministic = deterministic or not training  # evaluation keeps the split's order
@@ -328,8 +328,8 @@ def load_dataset(
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle_each_iteration)
         dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
 
-    recipe = dict(
-        recipe=spec.recipe, size=size, training=training, crops=crops, resize=resize, mean=mean
+    transform_options = dict(
+        augmentation=spec.augmentation, size=size, training=training, crops=crops, resize=resize, mean=mean
     )
     image_feature = None if spec.in_memory else builder.info.features["image"]
 
@@ -337,7 +337,7 @@ def load_dataset(
         image = example["image"]
         if image_feature is not None:
             image = image_feature.decode_example(image)
-        image, box = transform_example(image, example.get("box"), example_seed, **recipe)
+        image, box = transform_example(image, example.get("box"), example_seed, **transform_options)
         return (image, example["label"], box) if with_boxes else (image, example["label"])
 
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)

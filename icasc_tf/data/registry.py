@@ -16,8 +16,8 @@ import tensorflow_datasets as tfds
 from icasc_tf.data import caltech256, cluttered_digits, fashion_mnist
 from icasc_tf.data.errors import MissingDataError
 
-# How images are augmented and resized; see icasc_tf.data.pipeline.transform_example.
-RECIPES = ("none", "cifar", "squash", "inception")
+# How images are resized and augmented; see icasc_tf.data.pipeline.transform_example.
+AUGMENTATIONS = ("none", "cifar", "squash", "inception")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ class DatasetSpec:
 
     tfds_name: str
     image_size: int  # default output side (the papers' input size)
-    recipe: str  # one of RECIPES
+    augmentation: str  # one of AUGMENTATIONS
     eval_split: str  # the split the papers report on
     label_key: str = "label"
     multi_label: bool = False  # labels are a Sequence(ClassLabel) turned into a multi-hot vector
@@ -48,7 +48,7 @@ SPECS: dict[str, DatasetSpec] = {
     "cluttered_digits": DatasetSpec(
         tfds_name="cluttered_digits",
         image_size=32,
-        recipe="none",
+        augmentation="none",
         eval_split="test",
         box_key="bbox",
         in_memory=True,
@@ -57,7 +57,7 @@ SPECS: dict[str, DatasetSpec] = {
     "cluttered_fashion": DatasetSpec(
         tfds_name="cluttered_digits",
         image_size=96,
-        recipe="none",
+        augmentation="none",
         eval_split="test",
         box_key="bbox",
         in_memory=True,
@@ -71,7 +71,7 @@ SPECS: dict[str, DatasetSpec] = {
     "fashion_mnist": DatasetSpec(
         tfds_name="fashion_mnist_files",
         image_size=32,
-        recipe="cifar",
+        augmentation="cifar",
         eval_split="test",
         in_memory=True,
         manual_files=tuple((name,) for name in fashion_mnist.FILE_NAMES),
@@ -82,7 +82,7 @@ SPECS: dict[str, DatasetSpec] = {
     "cifar100": DatasetSpec(
         tfds_name="cifar100",
         image_size=32,
-        recipe="cifar",
+        augmentation="cifar",
         eval_split="test",
         in_memory=True,
         download_files=("cifar-100-binary.tar.gz",),
@@ -90,7 +90,7 @@ SPECS: dict[str, DatasetSpec] = {
     "caltech256": DatasetSpec(
         tfds_name="caltech256",
         image_size=299,
-        recipe="squash",
+        augmentation="squash",
         eval_split="test",
         manual_files=((caltech256.FOLDER_NAME, caltech256.ARCHIVE_NAME),),
         make_config=caltech256.make_config,
@@ -99,7 +99,7 @@ SPECS: dict[str, DatasetSpec] = {
     "imagenet2012": DatasetSpec(
         tfds_name="imagenet2012",
         image_size=224,
-        recipe="inception",
+        augmentation="inception",
         eval_split="validation",
         manual_files=(("ILSVRC2012_img_train.tar",), ("ILSVRC2012_img_val.tar",)),
         instructions="Register at https://image-net.org/download-images to get them.\n",
@@ -107,7 +107,7 @@ SPECS: dict[str, DatasetSpec] = {
     "cub200": DatasetSpec(
         tfds_name="caltech_birds2011",
         image_size=448,
-        recipe="squash",
+        augmentation="squash",
         eval_split="test",
         box_key="bbox",
         label_name_key="label_name",
@@ -116,7 +116,7 @@ SPECS: dict[str, DatasetSpec] = {
     "voc2012": DatasetSpec(
         tfds_name="voc/2012",
         image_size=299,
-        recipe="squash",
+        augmentation="squash",
         eval_split="validation",
         label_key="labels",
         multi_label=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# Photo recipes resize to 8/7 of the crop first: 256 for a 224 crop (ImageNet), 342 for 299.
+# Photo augmentations resize to 8/7 of the crop first: 256 for a 224 crop (ImageNet), 342 for 299.
 RESIZE_RATIO = 8.0 / 7.0
 
 
@@ -75,7 +75,7 @@ def random_flip(image, box, seed):
 
 
 def pad(image, box, padding: int):
-    """Zero padding on every side (the CIFAR recipe pads 4 pixels)."""
+    """Zero padding on every side (the CIFAR augmentation pads 4 pixels)."""
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
     if box is None:

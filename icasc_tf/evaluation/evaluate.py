@@ -16,7 +16,8 @@ from icasc_tf.evaluation.ks_chart import ks_chart
 from icasc_tf.evaluation.statistics import ks_statistic, multilabel_scores
 from icasc_tf.method import ATTENTION_TERMS, ZERO_MAP_TERMS
 from icasc_tf.model import ICASC
-from icasc_tf.selection import confusing_class, probabilities
+from icasc_tf.selection import confusing_class
+from icasc_tf.selection import probabilities as class_probabilities
 
 SEPARATION_TERMS = ("classification_loss",) + ATTENTION_TERMS + ZERO_MAP_TERMS
 TEN_CROPS = 10
@@ -79,7 +80,7 @@ class _Pass:
         self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def _probabilities(self, logits):
-        return probabilities(logits, self.multi_label)
+        return class_probabilities(logits, self.multi_label)
 
     def _labels(self, labels):
         if self.multi_label:

@@ -38,10 +38,11 @@ import os
 
 from absl import flags
 
-from icasc_tf import config as run_config
+from icasc_tf.backbones import IMAGENET_BACKBONES
+from icasc_tf.train import config as run_config
 
 FLAGS_DIR_ENV = "ICASC_TF_FLAGS_DIR"
-REPO_FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
+REPO_FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags")
 
 # The recipe a dataset takes when --arch is not given, or has no recipe of its own on it.
 DATASET_RECIPES = {
@@ -220,8 +221,6 @@ def fine_tuning_warning(config):
         return ""  # no recipes to read: no warning either
     if designated is None or not designated.fine_tunes:
         return ""
-    from icasc_tf.backbones import IMAGENET_BACKBONES
-
     fix = (
         "--weights=imagenet fine-tunes keras.applications' ImageNet weights"
         if config.arch in IMAGENET_BACKBONES

@@ -1,0 +1,65 @@
+"""Train ICASC (or its baseline, or painless attention) from the command line.
+
+    python scripts/train.py                                   # bundled cluttered digits, minutes on a CPU
+    python scripts/train.py --dataset=caltech256 --arch=vgg19 --weights=...  # the paper's recipe (flags/)
+    python scripts/train.py --flagfile=flags/cifar100_resnet110.flags --data_dir=/data/tfds
+    python scripts/train.py --baseline --model_dir=runs/baseline
+    python scripts/train.py --help                            # the run's flags, by group
+
+Every option is a field of icasc_tf.train.TrainConfig; the run's folder (--model_dir)
+holds its flags, checkpoints, TensorBoard logs, best and final models and metrics.
+Without --flagfile, --dataset (and --arch) take the paper's recipe from flags/ as defaults
+(icasc_tf.train.recipes); flags given on the command line win.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from icasc_tf.train import config as run_config
+from icasc_tf.train.recipes import resolve
+from icasc_tf.train.run import run_training
+
+run_config.define_flags()
+FLAGS = flags.FLAGS
+USAGE = (
+    "usage: python scripts/train.py [--flag=value ...]   (or icasc-train; --flagfile=F reads flags from F)\n"
+    "Trains ICASC into --model_dir. Without --flagfile, --dataset (and --arch) take the paper's recipe\n"
+    "from flags/ as defaults. --helpfull also lists absl's and TensorFlow's own flags."
+)
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
+
+
+def _main(argv):
+    if not FLAGS["verbosity"].present:  # TFDS is chatty at INFO/WARNING
+        logging.set_verbosity(logging.ERROR)
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        resolution = resolve(FLAGS, sys.argv)
+        for line in [resolution.recipe_line, *resolution.notes]:
+            if line:
+                print(f"train.py: {line}", flush=True)
+        for line in resolution.warnings:
+            print(f"train.py: {line}", file=sys.stderr, flush=True)
+        config = resolution.config
+        header = [resolution.recipe_line] if resolution.recipe_line else []
+        summary = run_training(config, header=header)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    final = ", ".join(f"{k}={v:.4f}" for k, v in sorted(summary["final"].items()))
+    print(f"done: {config.model_dir}: {final}")
+
+
+def main(argv=None):
+    """``icasc-train``: the run's flags, grouped, for --help; absl's parsing otherwise."""
+    argv = list(sys.argv if argv is None else argv)
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        print(run_config.grouped_help(USAGE))
+        sys.exit(0)
+    app.run(_main, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

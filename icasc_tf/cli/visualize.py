@@ -1,0 +1,187 @@
+"""Draw the papers' top-5 attention figure (ICCV Figs. 2 and 10) for trained models.
+
+    python scripts/visualize.py --model_dir=runs/icasc                       # 4 test images
+    python scripts/visualize.py --model_dir=runs/icasc --compare_model_dir=runs/baseline \\
+        --images=0,5,17 --attention=gradcam --layer=inner --output=figures/top5.png
+
+Each image gets one row per model (the --compare_model_dir row above the --model_dir
+row): the image, then its top-5 classes' attention maps with probabilities; ground-truth
+classes are framed in green, the dataset's boxes outlined in magenta. The dataset, its
+options and folders default to those in the model_dir's config.json.
+"""
+
+import os
+import re
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from icasc_tf.data import load_dataset
+from icasc_tf.train import TrainConfig
+from icasc_tf.train.run_dir import MODELS, RunDir, load_model_file
+from icasc_tf.visualize import top5_figure
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", "", "Training run folder (holds best.keras, final.keras, config.json).")
+flags.DEFINE_string("model", "", "A saved .keras model (instead of --model_dir).")
+flags.DEFINE_enum("which_model", "best", list(MODELS), "Which model of a model_dir to load.")
+flags.DEFINE_string("compare_model_dir", "", "A second run (e.g. the baseline), drawn above --model_dir's rows.")
+flags.DEFINE_string("compare_model", "", "A second saved .keras model (instead of --compare_model_dir).")
+flags.DEFINE_enum("attention", "ach", ["ach", "gradcam", "gradcampp", "apx"], "Attention map to draw.")
+flags.DEFINE_enum("layer", "last", ["last", "inner"], "Feature layer whose maps are drawn.")
+flags.DEFINE_list("images", [], "Indices of the images in the split (default: the first --num_images).")
+flags.DEFINE_integer("num_images", 4, "How many images from the start of the split, if --images is empty.")
+flags.DEFINE_integer("top_k", 5, "Predicted classes per row.")
+flags.DEFINE_string("split", "", "TFDS split (default: the run's eval_split, else test).")
+flags.DEFINE_string("dataset", "", "Dataset name (default: the run's; else cluttered_digits).")
+flags.DEFINE_list("dataset_config", None, "Dataset builder options key=value (default: the run's).")
+flags.DEFINE_string("data_dir", None, "TFDS data folder (default: the run's).")
+flags.DEFINE_string("manual_dir", None, "Folder of manual downloads (default: the run's).")
+flags.DEFINE_bool("boxes", True, "Outline the dataset's boxes where it has them.")
+flags.DEFINE_string("output", "", "PNG path (default: <model folder>/top5_<split>_<attention>_<layer>.png).")
+
+
+class UserError(ValueError):
+    """Bad input from the command line: reported as one line, exit status 2."""
+
+
+def _model_path(model_dir, model, which, flag_prefix=""):
+    if bool(model_dir) == bool(model):
+        raise UserError(
+            f"Give exactly one of --{flag_prefix}model_dir (a training run) or --{flag_prefix}model "
+            "(a .keras file)."
+        )
+    if model:
+        if not os.path.isfile(model):
+            raise UserError(f"--{flag_prefix}model={model}: no such file.")
+        return model
+    if not os.path.isdir(model_dir):
+        raise UserError(f"--{flag_prefix}model_dir={model_dir}: no such folder.")
+    path = RunDir(model_dir).model_path(which)
+    if not os.path.isfile(path):
+        other = "final" if which == "best" else "best"
+        raise UserError(f"{path} does not exist: has the run finished? Try --which_model={other}.")
+    return path
+
+
+def _load_model(path):
+    model = load_model_file(path)
+    if not hasattr(model, "attention_maps"):
+        raise UserError(f"{path} holds a {type(model).__name__}, not an ICASC model.")
+    return model
+
+
+def _flag_or_run(flag_value, run_value):
+    """A folder flag, else the run's value; empty means the library default (None)."""
+    return (flag_value if flag_value is not None else run_value) or None
+
+
+def _row_label(model_dir, model_path):
+    return os.path.basename(os.path.normpath(model_dir)) if model_dir else os.path.splitext(
+        os.path.basename(model_path))[0]
+
+
+def _indices(images, num_images):
+    try:
+        indices = [int(i) for i in images] if images else list(range(num_images))
+    except ValueError:
+        raise UserError(f"--images takes integer indices, e.g. 0,5,17; got {','.join(images)}.") from None
+    if not indices or min(indices) < 0:
+        raise UserError("Choose at least one image: --images=0,5 (non-negative) or --num_images=N (N >= 1).")
+    return indices
+
+
+def load_examples(dataset, split, indices, *, data_dir, manual_dir, image_size, seed, options, with_boxes):
+    """The images, labels and boxes (or None) at ``indices`` of a split, in that order."""
+    common = dict(data_dir=data_dir, manual_dir=manual_dir, training=False, image_size=image_size,
+                  seed=seed, deterministic=True, **options)
+    data, info = load_dataset(dataset, split, 64, **common)
+    if info.has_boxes and with_boxes:
+        data, info = load_dataset(dataset, split, 64, with_boxes=True, **common)
+    wanted, found = set(indices), {}
+    seen = 0
+    for batch in data:
+        arrays = [np.asarray(part) for part in batch]
+        for row in range(len(arrays[0])):
+            if seen in wanted:
+                found[seen] = [a[row] for a in arrays]
+            seen += 1
+        if len(found) == len(wanted):
+            break
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise UserError(
+            f"--images index {missing[0]} is out of range: split {split!r} of {dataset} has "
+            f"{seen} examples (indices 0 to {seen - 1})."
+        )
+    columns = list(zip(*(found[i] for i in indices)))
+    images, labels = np.stack(columns[0]), np.stack(columns[1])
+    boxes = np.stack(columns[2]) if len(columns) > 2 else None
+    return images, labels, boxes, info
+
+
+def run():
+    main_path = _model_path(FLAGS.model_dir, FLAGS.model, FLAGS.which_model)
+    models = {}
+    if FLAGS.compare_model_dir or FLAGS.compare_model:
+        compare_path = _model_path(FLAGS.compare_model_dir, FLAGS.compare_model, FLAGS.which_model, "compare_")
+        models[_row_label(FLAGS.compare_model_dir, compare_path)] = _load_model(compare_path)
+    label = _row_label(FLAGS.model_dir, main_path)
+    if label in models:
+        label += " (--model_dir)"
+    models[label] = _load_model(main_path)
+
+    config = RunDir(FLAGS.model_dir).config() if FLAGS.model_dir else TrainConfig()
+    if FLAGS.dataset_config is not None:
+        config.dataset_config = FLAGS.dataset_config
+    try:
+        options = config.options("dataset_config")
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    dataset = FLAGS.dataset or config.dataset
+    split = FLAGS.split or config.eval_split
+    indices = _indices(FLAGS.images, FLAGS.num_images)
+    images, labels, boxes, info = load_examples(
+        dataset, split, indices,
+        data_dir=_flag_or_run(FLAGS.data_dir, config.data_dir),
+        manual_dir=_flag_or_run(FLAGS.manual_dir, config.manual_dir),
+        image_size=config.image_size or None, seed=config.seed, options=options, with_boxes=FLAGS.boxes,
+    )
+    for name, model in models.items():
+        expected = tuple(model.backbone.input.shape[1:])
+        if tuple(images.shape[1:]) != expected:
+            raise UserError(
+                f"Model {name!r} takes images of shape {expected}, but {dataset} {split!r} yields "
+                f"{tuple(images.shape[1:])}; pass the run's --dataset/--dataset_config."
+            )
+    output = FLAGS.output or os.path.join(
+        FLAGS.model_dir or os.path.dirname(os.path.abspath(main_path)),
+        f"top5_{re.sub(r'[^A-Za-z0-9_.-]+', '_', split)}_{FLAGS.attention}_{FLAGS.layer}.png",
+    )
+    top5_figure(
+        models, images, labels, class_names=info.class_names, attention=FLAGS.attention,
+        path=output, boxes=boxes, layer=FLAGS.layer, top_k=FLAGS.top_k,
+    )
+    return output
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        output = run()
+    except (ValueError, FileNotFoundError) as error:
+        message = " ".join(str(error).split())
+        print(f"visualize.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {output}")
+
+
+def main():
+    """``icasc-visualize``."""
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""The callbacks of a training run (``icasc_tf.train.run``): where the run is, its
+checkpoints, its best model, the learning rate in the logs, its TensorBoard scalars, and the
+two wrappers that let a run call ``fit`` once per epoch.
+
+Callbacks for your own ``model.fit`` (attention images, warm-up) are in ``icasc_tf.callbacks``.
+
+Why ``TrainingSummaries`` and not ``keras.callbacks.TensorBoard(update_freq=N)``: in Keras 3.15 it enters
+``tf.summary.record_if(step % N == 0)`` at ``on_train_begin`` and keeps a condition of that
+kind for the whole of ``fit`` (``_push_writer``/``_pop_writer`` in
+keras/src/callbacks/tensorboard.py). Its epoch scalars, its validation scalars and every
+other callback's ``tf.summary`` writes made during ``fit`` are then recorded only when the
+batch counter happens to be a multiple of N at that moment: with 156 steps per epoch and
+N = 50, no epoch scalar, validation curve or attention image was ever written. Its batch
+counter also restarts at 0 with every ``fit`` call, and a run here calls ``fit`` once per
+epoch (see ``icasc_tf.train.run``) and resumes mid-epoch.
+
+``TrainingSummaries`` writes the same tags (``batch_<name>`` in ``logs/train`` every
+``summary_every`` train steps; ``epoch_<name>`` in ``logs/train`` and, for the ``val_``
+logs, in ``logs/validation`` at every epoch end) with its own writers, each write inside
+``tf.summary.record_if(True)`` so that no recording condition set elsewhere can drop it.
+Steps: a batch scalar's step is the run's train step (``RunPosition.global_step``, the same
+across resumes); an epoch scalar's step is the number of epochs done (1 after the first
+epoch), as for the attention images. Not written (Keras's callback did): the model graph
+and ``evaluation_*_vs_iterations``.
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from icasc_tf.train.files import atomic_save_model, atomic_write_json
+
+
+def scalar_logs(logs):
+    """The logs that are one finite-or-not number, as floats (Keras gives [1]-shaped ones on some
+    strategies); anything else (arrays, strings) is left out."""
+    values = {}
+    for name, value in (logs or {}).items():
+        array = np.asarray(value)
+        if array.size == 1 and np.issubdtype(array.dtype, np.number):
+            values[name] = float(array.reshape(()))
+    return values
+
+
+class RunPosition(keras.callbacks.Callback):
+    """Where the run is: the epoch (from 0) and the steps done in it, across ``fit`` calls.
+
+    Keras numbers the batches of each ``fit`` call from 0, and a run resumed in the middle
+    of epoch E starts that epoch at step S: ``start(E, S)`` says so before training. The
+    callbacks that need the run's own step count (step checkpoints, TensorBoard, warm-up)
+    read ``epoch``, ``step`` and ``global_step`` here. It must come first in the callback
+    list, so that the others see the step that has just been trained.
+
+    ``global_step`` counts train steps taken, epochs x steps_per_epoch + step; it equals
+    ``optimizer.iterations`` except under a loss-scale optimizer, which skips the steps
+    whose gradients overflow.
+    """
+
+    def __init__(self, steps_per_epoch):
+        super().__init__()
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epoch = 0
+        self.step = 0
+        self._start = (0, 0)
+        self._offset = 0
+
+    def start(self, epoch, step=0):
+        self._start = (int(epoch), int(step))
+        self.epoch, self.step = self._start
+
+    @property
+    def global_step(self):
+        return self.epoch * self.steps_per_epoch + self.step
+
+    @property
+    def epoch_complete(self):
+        return self.step >= self.steps_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self._offset = self._start[1] if epoch == self._start[0] else 0
+        self.step = self._offset
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = self._offset + batch + 1
+
+
+_CHECKPOINT = re.compile(r"^epoch-(\d{4,})(?:-step-(\d+))?$")
+
+
+class ResumableCheckpoint(keras.callbacks.Callback):
+    """Weights + optimizer state + position, saved at each epoch end (and every N steps), atomically.
+
+    A checkpoint is a folder, ``epoch-NNNN`` after NNNN complete epochs or
+    ``epoch-NNNN-step-SSSSSSSS`` after NNNN epochs and SSSSSSSS steps of the next one, written
+    under a temporary name and renamed when complete, so a run killed at any instant finds
+    the last complete one. Once a new one is in place, all but the newest ``keep`` are
+    deleted. ``every`` > 0 adds the step checkpoints (it needs ``position``, the run's
+    ``RunPosition``). An epoch cut short (a NaN loss, a callback that stops training) and a
+    non-finite loss are not checkpointed: resuming would start from them.
+    """
+
+    def __init__(self, directory, keep=2, write=True, every=0, position=None):
+        super().__init__()
+        if every and position is None:
+            raise ValueError("ResumableCheckpoint(every=N) needs the run's RunPosition.")
+        self.directory = directory
+        self.keep = keep
+        self.write = write  # False on non-chief workers: they take part but do not write
+        self.every = int(every)
+        self.position = position
+
+    def checkpoints(self):
+        """Complete checkpoints, oldest first, as ((epochs_done, step), path)."""
+        found = []
+        for path in glob.glob(os.path.join(self.directory, "epoch-*")):
+            match = _CHECKPOINT.match(os.path.basename(path))
+            if match and os.path.isdir(path):
+                found.append(((int(match.group(1)), int(match.group(2) or 0)), path))
+        return sorted(found)
+
+    def latest(self):
+        done = self.checkpoints()
+        return done[-1][1] if done else None
+
+    def _saved(self):
+        latest = self.latest()
+        if latest is None:
+            return None, {}
+        with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
+            return latest, json.load(f)
+
+    def saved_position(self):
+        """(epochs done, steps done in the next epoch) of the latest checkpoint; (0, 0) if none."""
+        _, saved = self._saved()
+        return int(saved.get("epochs_done", 0)), int(saved.get("step", 0))
+
+    def restore(self, model, steps_per_epoch=None):
+        """Load the latest checkpoint into ``model`` (``saved_position()`` says where it stood).
+
+        A step checkpoint's position means something only with the steps per epoch it was
+        written with: another ``steps_per_epoch`` is an error.
+        """
+        latest, saved = self._saved()
+        if latest is None:
+            return
+        if saved.get("step") and saved.get("steps_per_epoch") not in (None, steps_per_epoch):
+            raise ValueError(
+                f"{latest} was written mid-epoch with {saved['steps_per_epoch']} steps per epoch; this run has "
+                f"{steps_per_epoch} (the training split changed?). Use another --model_dir, or --overwrite."
+            )
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(latest, "state.weights.h5"))
+        if model.optimizer is not None:
+            # Keras 3 weight files hold no optimizer state: momentum and the step (and so
+            # the learning-rate schedule's position) come from here.
+            with np.load(os.path.join(latest, "optimizer.npz")) as store:
+                state = dict(store)
+            if len(state) != len(model.optimizer.variables):
+                raise ValueError(
+                    f"{latest} holds {len(state)} optimizer variables, the optimizer has "
+                    f"{len(model.optimizer.variables)}: it was written with other optimizer settings."
+                )
+            model.optimizer.load_own_variables(state)
+
+    def on_train_batch_end(self, batch, logs=None):
+        position = self.position
+        if not (self.write and self.every) or position.epoch_complete or position.step % self.every:
+            return  # the epoch checkpoint follows the epoch's last step
+        if _finite_loss(logs):
+            self._save(position.epoch, position.step, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        complete = self.position is None or self.position.epoch_complete
+        if self.write and complete and _finite_loss(logs):
+            self._save(epoch + 1, 0, logs)
+
+    def _save(self, epochs_done, step, logs):
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"epoch-{epochs_done:04d}" + (f"-step-{step:08d}" if step else "")
+        final = os.path.join(self.directory, name)
+        tmp = f"{final}.tmp-{os.getpid()}"
+        for stale in glob.glob(os.path.join(self.directory, "*.tmp-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run (one chief writes)
+        os.makedirs(tmp)
+        self.model.save_weights(os.path.join(tmp, "state.weights.h5"))
+        store = {}
+        self.model.optimizer.save_own_variables(store)
+        np.savez(os.path.join(tmp, "optimizer.npz"), **store)
+        position = {"epochs_done": epochs_done, "step": step}
+        if self.position is not None:
+            position["steps_per_epoch"] = self.position.steps_per_epoch
+        with open(os.path.join(tmp, "epoch.json"), "w", encoding="utf-8") as f:
+            json.dump({**position, "logs": scalar_logs(logs)}, f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for _, old in self.checkpoints()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class BestModel(keras.callbacks.Callback):
+    """Save the whole model (``.keras``) whenever ``monitor`` improves, atomically."""
+
+    def __init__(self, path, monitor, mode="max", write=True, best=None):
+        super().__init__()
+        self.path, self.monitor, self.mode, self.write = path, monitor, mode, write
+        self.best = best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not self.write:
+            return
+        value = float(value)
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best = value
+            atomic_save_model(self.model, self.path)
+            atomic_write_json(self.path + ".json", {"epoch": epoch + 1, self.monitor: value})
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Put the optimizer's current learning rate into the logs (so TensorBoard plots it)."""
+
+    def _add(self, logs):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._add(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._add(logs)
+
+
+class TrainingSummaries(keras.callbacks.Callback):
+    """``logs/train`` and ``logs/validation`` scalars; ``close()`` at the end of the run.
+
+    ``position`` is the run's ``RunPosition`` (first in the callback
+    list). Put this callback after those that add to the logs (the learning rate).
+    """
+
+    def __init__(self, log_dir, summary_every, position):
+        super().__init__()
+        if summary_every < 1:
+            raise ValueError(f"summary_every must be >= 1; got {summary_every}.")
+        self.log_dir = log_dir
+        self.summary_every = int(summary_every)
+        self.position = position
+        self._writers = {}
+
+    def _writer(self, name):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def _scalars(self, writer_name, prefix, values, step):
+        if not values:
+            return
+        writer = self._writer(writer_name)
+        with writer.as_default(), tf.summary.record_if(True):
+            for name, value in values.items():
+                tf.summary.scalar(f"{prefix}{name}", value, step=step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.position.global_step
+        if step % self.summary_every == 0:
+            self._scalars("train", "batch_", scalar_logs(logs), step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = scalar_logs(logs)
+        train = {k: v for k, v in values.items() if not k.startswith("val_")}
+        validation = {k[len("val_"):]: v for k, v in values.items() if k.startswith("val_")}
+        self._scalars("train", "epoch_", train, epoch + 1)
+        self._scalars("validation", "epoch_", validation, epoch + 1)
+        self.flush()
+
+    def on_train_end(self, logs=None):
+        self.flush()
+
+    def flush(self):
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+class OncePerRun(keras.callbacks.Callback):
+    """A caller's callback seen through one ``fit`` per epoch: ``on_train_begin`` once, at the
+    run's first epoch, and ``on_train_end`` once, at its end (``finish``), as if one ``fit`` ran,
+    so that e.g. EarlyStopping and ReduceLROnPlateau keep their state across epochs."""
+
+    _FORWARDED = (
+        "on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end",
+        "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
+    )
+
+    def __init__(self, callback):
+        super().__init__()
+        self.callback = callback
+        self._begun = False
+        for hook in self._FORWARDED:
+            setattr(self, hook, getattr(callback, hook))
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def on_train_begin(self, logs=None):
+        if not self._begun:
+            self._begun = True
+            self.callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def finish(self, logs=None):
+        self.callback.on_train_end(logs)
+
+
+class OneEpochPerFit(keras.callbacks.Callback):
+    """Ends each ``fit`` call after one epoch; notes whether another callback asked to stop."""
+
+    stopped_by_callback = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.stopped_by_callback = bool(self.model.stop_training)
+        self.model.stop_training = True
+
+
+def previous_best(path, monitor):
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            return float(json.load(f)[monitor])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _finite_loss(logs):
+    loss = (logs or {}).get("loss")
+    return loss is None or bool(np.all(np.isfinite(loss)))

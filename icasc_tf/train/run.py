@@ -1,0 +1,342 @@
+"""One training run from a ``TrainConfig``: what ``scripts/train.py`` and the study call.
+
+``run_training`` goes through named steps: set up the runtime, check the run folder, load
+the data, build (or restore) the model, assemble the callbacks, train epoch by epoch,
+finish. Everything a run makes lives in its ``RunDir`` (``config.model_dir``).
+"""
+
+import dataclasses
+import logging
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from icasc_tf import painless
+from icasc_tf.backbones import build_backbone
+from icasc_tf.callbacks import AttentionImages, AttentionWarmup
+from icasc_tf.feature_maps import HEAD_LAYER
+from icasc_tf.model import ICASC
+from icasc_tf.train.callbacks import (
+    BestModel,
+    LearningRateLogger,
+    OncePerRun,
+    OneEpochPerFit,
+    ResumableCheckpoint,
+    RunPosition,
+    TrainingSummaries,
+    previous_best,
+)
+from icasc_tf.train.config import TrainConfig
+from icasc_tf.train.files import atomic_save_model, atomic_write_json
+from icasc_tf.train.run_dir import RunDir
+from icasc_tf.train.strategy import is_chief, make_strategy, task_id
+from icasc_tf.train.stream import load_data
+
+_log = logging.getLogger(__name__)
+# Layers trained with --head_lr_multiplier: the classifier and painless attention's modules.
+HEAD_LAYER_PREFIXES = (HEAD_LAYER, painless.PREFIX)
+
+
+# ----------------------------------------------------------------------------- the model of a run
+def build_model(config, info):
+    """The run's ``ICASC`` model (backbone, painless attention, method options); not compiled."""
+    backbone = build_backbone(
+        config.arch,
+        info.num_classes,
+        input_shape=tuple(info.image_shape),
+        weights=config.weights or None,
+        weight_decay=config.weight_decay,
+        **config.options("arch_options"),
+    )
+    if config.painless_depth:
+        backbone = painless.add_painless_attention(
+            backbone,
+            depth=config.painless_depth,
+            width=config.painless_width,
+            reduction=config.painless_reduction,
+            gamma=config.painless_gamma,
+        )
+    multipliers = (
+        {prefix: config.head_lr_multiplier for prefix in HEAD_LAYER_PREFIXES}
+        if config.head_lr_multiplier != 1.0
+        else None
+    )
+    return ICASC(
+        backbone.model,
+        **backbone.icasc_layers(),
+        attention=config.attention,
+        multi_label=info.multi_label,
+        loss_weights=config.float_loss_weights(),
+        bn_mode=config.bn_mode,
+        sigma=config.sigma,
+        omega=config.omega,
+        theta=config.theta,
+        mask_gradient=config.mask_gradient,
+        second_order=config.second_order,
+        lr_multipliers=multipliers,
+    )
+
+
+def learning_rate(config, steps_per_epoch):
+    """The schedule of --lr_schedule over the run's optimizer steps (or a constant)."""
+    total = config.epochs * steps_per_epoch
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(total, 1))
+    if config.lr_schedule == "step":
+        epochs = [float(b) for b in config.lr_boundaries]
+        if config.lr_step_every:
+            epochs = list(range(config.lr_step_every, config.epochs, config.lr_step_every))
+        if not epochs:
+            raise ValueError("--lr_schedule=step needs --lr_boundaries (epochs) or --lr_step_every.")
+        boundaries = [int(round(e * steps_per_epoch)) for e in epochs]
+        values = [config.learning_rate * config.lr_decay**i for i in range(len(boundaries) + 1)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    return config.learning_rate
+
+
+def compiled_metrics(info):
+    if info.multi_label:
+        return [
+            keras.metrics.AUC(curve="PR", multi_label=True, from_logits=True, name="map"),
+            keras.metrics.AUC(multi_label=True, from_logits=True, name="auc"),
+        ]
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if info.num_classes > 5:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"))
+    return metrics
+
+
+def monitored_metric(info):
+    """The validation metric ``best.keras`` is chosen on."""
+    return "val_map" if info.multi_label else "val_accuracy"
+
+
+# ----------------------------------------------------------------------------- the steps
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one run share."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    run_dir: RunDir
+    chief: bool
+    action: str  # "new", "resume" or "move_aside"
+    start: tuple  # (epoch, step) the run starts at
+    stream: object = None
+    evaluation: tf.data.Dataset = None
+    info: object = None
+    eval_info: object = None
+    steps: int = 0
+    position: RunPosition = None
+    checkpoint: ResumableCheckpoint = None
+    model: ICASC = None
+
+    @property
+    def own_dir(self):
+        """Where this worker writes: the run folder (chief) or a scratch folder."""
+        return self.run_dir.path if self.chief else self.run_dir.worker_dir(task_id(self.strategy))
+
+
+def _set_up_runtime(config):
+    """Strategy first (multi-worker must come before anything touches the TF runtime), then
+    precision, seeds and determinism."""
+    strategy = make_strategy(config.strategy)
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return strategy
+
+
+def _open_run(config, strategy):
+    """The run folder checked (read-only) and where the run starts."""
+    run_dir = RunDir(config.model_dir)
+    action = run_dir.check(config)
+    start = (0, 0)
+    if action == "resume":
+        start = ResumableCheckpoint(run_dir.checkpoints).saved_position()
+    return _Run(config, strategy, run_dir, is_chief(strategy), action, start)
+
+
+def _load_data(run):
+    config = run.config
+    run.stream, run.evaluation, run.info, run.eval_info = load_data(config, run.strategy.num_replicas_in_sync)
+    run.steps = config.steps_per_epoch or run.stream.batches_per_pass
+    # An epoch that starts inside a pass skips that pass's first batches: they must be the
+    # ones trained before (mid-epoch resumes, epochs shorter or longer than a pass). Workers
+    # shard the batches by position, so they must agree on the order too.
+    run.stream.replay = bool(
+        config.checkpoint_every or run.start[1] or run.steps % run.stream.batches_per_pass
+        or config.strategy == "multi_worker"
+    )
+    run.position = RunPosition(run.steps)
+    # Every worker resumes from the chief's checkpoints; only the chief writes them.
+    run.checkpoint = ResumableCheckpoint(
+        run.run_dir.checkpoints, write=run.chief, every=config.checkpoint_every, position=run.position
+    )
+
+
+def _build_model(run, header):
+    """Build and compile the model; write the run's options (chief); restore a resumed run."""
+    config = run.config
+    # Seeded again here: preparing a dataset (the first run on a data_dir) draws from the
+    # global generators, and the initial weights must depend on the seed alone.
+    keras.utils.set_random_seed(config.seed)
+    with run.strategy.scope():
+        model = build_model(config, run.info)
+        optimizer = keras.optimizers.SGD(
+            learning_rate(config, run.steps), momentum=config.momentum, nesterov=config.nesterov
+        )
+        model.compile(optimizer, metrics=compiled_metrics(run.info), jit_compile=config.jit_compile)
+        # Nothing is written before the model builds, so a bad option leaves no trace.
+        if run.chief:
+            if run.action == "move_aside":
+                _log.warning("Moved the previous run in %s to %s.", run.run_dir.path, run.run_dir.move_aside())
+            run.run_dir.write_options(config, header)
+        if run.action == "resume":
+            run.checkpoint.restore(model, steps_per_epoch=run.steps)
+    run.model = model
+    if run.action == "resume":
+        epoch, step = run.start
+        print(
+            f"resuming {config.model_dir} at epoch {epoch + 1}, step {step} "
+            f"({epoch} of {config.epochs} epochs and {step} of {run.steps} steps done)",
+            flush=True,
+        )
+    run.position.start(*run.start)
+
+
+def _callbacks(run, callbacks):
+    """The run's callbacks in the order they must run, the caller's wrapped ``OncePerRun``.
+
+    Returns (all callbacks, the caller's wrapped ones, the per-fit stopper, what to close).
+    """
+    config = run.config
+    position = run.position
+    log_dir = os.path.join(run.own_dir, "logs")
+    best_path = run.run_dir.model_path("best")
+    monitor = monitored_metric(run.info)
+    best = previous_best(best_path, monitor) if run.chief else None
+    callers = [OncePerRun(c) for c in callbacks]
+    summaries = TrainingSummaries(log_dir, config.summary_every, position)
+    one_epoch = OneEpochPerFit()
+    ordered = [
+        position,  # first: the others read the step just trained
+        *callers,
+        LearningRateLogger(),
+        keras.callbacks.TerminateOnNaN(),
+        run.checkpoint,
+        BestModel(best_path, monitor, write=run.chief, best=best),
+    ]
+    if config.attention_warmup:
+        ordered.append(AttentionWarmup(config.attention_warmup, run.steps, position=position))
+    closers = [summaries]
+    if config.attention_images and run.chief:
+        images, labels = _fixed_batch(run.evaluation, config.attention_images)
+        attention_images = AttentionImages(
+            log_dir, images, labels, run.info.class_names, multi_label=run.info.multi_label,
+            every=config.attention_images_every, position=position,
+        )
+        ordered.append(attention_images)
+        closers.append(attention_images)
+    ordered += [summaries, one_epoch]  # after those that add to the logs; last: stops the fit
+    return ordered, callers, one_epoch, closers
+
+
+def _train_epochs(run, ordered, callers, one_epoch):
+    """One ``fit`` per epoch over that epoch's batches; returns the history of every epoch run."""
+    config, model, steps = run.config, run.model, run.steps
+    history = {}
+    start_epoch, start_step = run.start
+    for epoch in range(start_epoch, config.epochs):
+        skip = start_step if epoch == start_epoch else 0
+        fit = model.fit(
+            run.stream.batches(epoch * steps + skip, steps - skip),
+            epochs=config.epochs,
+            initial_epoch=epoch,
+            steps_per_epoch=steps - skip,
+            validation_data=run.evaluation,
+            validation_steps=config.eval_steps or None,
+            callbacks=ordered,
+            verbose=config.verbose,
+            shuffle=False,  # the pipeline shuffles
+        )
+        for key, values in fit.history.items():
+            history.setdefault(key, []).extend(values)
+        if not np.isfinite(history.get("loss", [0.0])[-1]):
+            raise ValueError(
+                f"Training diverged (NaN loss) in epoch {epoch + 1}; the run is not marked "
+                "finished. Lower --learning_rate, or check the data."
+            )
+        if one_epoch.stopped_by_callback or not run.position.epoch_complete:
+            break  # a callback stopped training
+    for caller in callers:
+        caller.finish({k: v[-1] for k, v in history.items()})
+    return history
+
+
+def _finish(run, history, train_seconds):
+    """Evaluate the final model, save it, and write metrics.json (which marks the run done)."""
+    config, model = run.config, run.model
+    results = model.evaluate(run.evaluation, steps=config.eval_steps or None, verbose=0, return_dict=True)
+    monitor = monitored_metric(run.info)
+    best_value = previous_best(run.run_dir.model_path("best"), monitor)
+    epoch, step = run.start
+    summary = {
+        "final": {k: float(v) for k, v in results.items()},
+        "best": {monitor: best_value} if best_value is not None else {},
+        "history": {k: [float(x) for x in v] for k, v in history.items()},
+        "epochs_run": config.epochs - epoch,
+        "resumed_at": {"epoch": epoch, "step": step} if run.action == "resume" else None,
+        "optimizer_steps": int(model.optimizer.iterations.numpy()),
+        "train_seconds": train_seconds,
+        "num_replicas": run.strategy.num_replicas_in_sync,
+        "dataset": {
+            "name": run.info.name, "num_classes": run.info.num_classes,
+            "eval_examples": run.eval_info.num_examples,
+        },
+    }
+    atomic_save_model(model, os.path.join(run.own_dir, "final.keras"))
+    if run.chief:
+        atomic_write_json(run.run_dir.metrics_path, summary)
+    return summary
+
+
+def run_training(config: TrainConfig, callbacks=(), header=()):
+    """Train (or resume) the run described by ``config``; return the final metrics dict.
+
+    ``callbacks`` are added to the run's own; ``header`` lines are recorded at the head of
+    flags.txt (the recipe the options came from). Each epoch is one ``model.fit`` call on
+    that epoch's batches of the ``TrainingStream`` (a fit covering all epochs could not
+    start an epoch at a given step or give an epoch its own order); ``initial_epoch`` and
+    ``epochs`` are the run's, so Keras's progress bar counts the run's epochs. ``callbacks``
+    still see one ``on_train_begin`` and one ``on_train_end`` per run (``OncePerRun``), so
+    Keras's EarlyStopping and ReduceLROnPlateau keep their state across epochs.
+    """
+    config.validate()
+    strategy = _set_up_runtime(config)
+    run = _open_run(config, strategy)
+    _load_data(run)
+    _build_model(run, header)
+    ordered, callers, one_epoch, closers = _callbacks(run, callbacks)
+    started = time.time()
+    try:
+        history = _train_epochs(run, ordered, callers, one_epoch)
+    finally:
+        for closer in closers:
+            closer.close()
+    return _finish(run, history, time.time() - started)
+
+
+def _fixed_batch(dataset, count):
+    """The first ``count`` images and labels of ``dataset`` (the attention panels' images)."""
+    images, labels = [], []
+    for batch in dataset:
+        images.append(batch[0].numpy())
+        labels.append(batch[1].numpy())
+        if sum(len(i) for i in images) >= count:
+            break
+    return np.concatenate(images)[:count], np.concatenate(labels)[:count]

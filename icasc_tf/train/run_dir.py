@@ -1,0 +1,171 @@
+"""A training run's folder (``--model_dir``): the one place that knows what is in it.
+
+    config.json, flags.txt   the resolved options (``--flagfile=flags.txt`` repeats the run)
+    checkpoints/             weights + optimizer state + position (``ResumableCheckpoint``)
+    best.keras, final.keras  the best model on the validation split, the last one
+    logs/                    TensorBoard: scalars (train/validation), attention images
+    metrics.json             final evaluation and the history; its presence marks the run done
+
+The training run, the evaluation and figure commands and the study all read a run through
+``RunDir``.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from icasc_tf.train.config import NOT_PART_OF_RUN, TrainConfig
+from icasc_tf.train.files import atomic_write_text
+
+MODELS = ("best", "final")
+
+
+class RunExistsError(ValueError):
+    """model_dir holds another run (or a finished one) that must not be overwritten."""
+
+
+class RunDirError(ValueError):
+    """A run folder, or a file in it, is missing or unreadable; the message names it."""
+
+
+class RunDir:
+    """Paths, options and models of the run in ``path``."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    # ------------------------------------------------------------------ paths
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    @property
+    def config_path(self):
+        return self.file("config.json")
+
+    @property
+    def flags_path(self):
+        return self.file("flags.txt")
+
+    @property
+    def metrics_path(self):
+        return self.file("metrics.json")
+
+    @property
+    def checkpoints(self):
+        return self.file("checkpoints")
+
+    @property
+    def logs(self):
+        return self.file("logs")
+
+    @property
+    def lock_path(self):
+        return self.file(".lock")
+
+    def model_path(self, which="best"):
+        if which not in MODELS:
+            raise ValueError(f"Unknown model {which!r}: choose one of {', '.join(MODELS)}.")
+        return self.file(f"{which}.keras")
+
+    def worker_dir(self, task):
+        """Where a non-chief worker writes its (unused) files, as TensorFlow advises."""
+        return os.path.join(self.path, ".workers", f"worker-{task}")
+
+    # ------------------------------------------------------------------ state
+    @property
+    def finished(self):
+        return os.path.exists(self.metrics_path)
+
+    def saved_options(self):
+        """config.json as a dict, or None when the folder holds no run."""
+        if not os.path.exists(self.config_path):
+            return None
+        try:
+            with open(self.config_path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise RunDirError(f"{self.config_path} is not readable JSON ({error}).") from None
+
+    def config(self):
+        """The run's ``TrainConfig`` (options added since it ran take their defaults), or the
+        defaults when the folder has no config.json."""
+        saved = self.saved_options() or {}
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+
+    def changed_options(self, config):
+        """Options of ``config`` that differ from the recorded run's (None if there is none)."""
+        previous = self.saved_options()
+        if previous is None:
+            return None
+        current = dataclasses.asdict(config)
+        defaults = dataclasses.asdict(TrainConfig())  # options added since the run took their defaults
+        return sorted(
+            k for k in current if k not in NOT_PART_OF_RUN and previous.get(k, defaults[k]) != current[k]
+        )
+
+    def metrics(self):
+        with open(self.metrics_path, encoding="utf-8") as f:
+            return json.load(f)
+
+    # ------------------------------------------------------------------ starting a run
+    def check(self, config):
+        """Read-only: ``"new"``, ``"resume"`` or ``"move_aside"`` (with --overwrite); refuse otherwise.
+
+        A finished run (metrics.json) or a run with other options is never overwritten. Every
+        worker calls this before anything is written, so all of them reach the same answer.
+        """
+        changed = self.changed_options(config)
+        if changed is None:
+            return "new"
+        if not (self.finished or changed):
+            return "resume"
+        if config.overwrite:
+            return "move_aside"
+        if self.finished:
+            raise RunExistsError(
+                f"{self.path} holds a finished run (metrics.json). Choose another --model_dir, or "
+                "pass --overwrite to move it aside and train again."
+            )
+        raise RunExistsError(
+            f"{self.path} holds a run with other options ({', '.join(changed)}). Use another "
+            "--model_dir, the same flags to resume it, or --overwrite to move it aside."
+        )
+
+    def move_aside(self):
+        """Rename the folder to ``<path>.old-<time>`` (nothing is deleted); returns the new path."""
+        aside = f"{self.path.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.path, aside)
+        return aside
+
+    def write_options(self, config, header=()):
+        """config.json and flags.txt (``header``: comment lines at the top of flags.txt)."""
+        os.makedirs(self.path, exist_ok=True)
+        atomic_write_text(self.config_path, config.to_json())
+        lines = ["The resolved options of this run: --flagfile=flags.txt repeats it.", *header]
+        atomic_write_text(self.flags_path, config.to_flagfile(lines))
+
+    # ------------------------------------------------------------------ models
+    def load_model(self, which="best"):
+        """The run's ``best`` or ``final`` model; ``RunDirError`` naming the file if it is missing
+        or unreadable."""
+        return load_model_file(self.model_path(which), finished=self.finished)
+
+
+def load_model_file(path, finished=True):
+    """A saved ``.keras`` model (icasc_tf's layers registered), or ``RunDirError`` naming the file."""
+    import keras
+
+    import icasc_tf  # noqa: F401  (registers ICASC, the backbones' and painless attention's layers)
+
+    if not os.path.isfile(path):
+        hint = "" if finished else " The run has not finished: train it to the end first."
+        raise RunDirError(f"{path} does not exist.{hint}")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # h5py, zipfile and Keras each raise their own
+        raise RunDirError(
+            f"Cannot load {path}: {type(error).__name__}: {error}. The file is damaged or was not "
+            "written by icasc_tf; retrain, or use the run's other model (best/final)."
+        ) from None
