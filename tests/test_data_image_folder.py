@@ -140,6 +140,8 @@ def messy(tmp_path_factory):
     _jpeg(banana / "large.jpg", gradient)
 
     _photos(rng, root / "cherry", 6, BLUE, "c")
+    with open(os.fsencode(root / "cherry") + b"/caf\xe9.jpg", "wb") as file:  # a Latin-1 name, not UTF-8
+        file.write((root / "cherry" / "c00.jpg").read_bytes())
     (root / "empty").mkdir()
     (root / "empty" / ".DS_Store").write_bytes(b"\0")
     (root / "junk").mkdir()
@@ -190,14 +192,15 @@ def test_unreadable_files_are_skipped_and_named_in_one_warning(messy):
         "apple/broken.jpg": "broken link",
         "junk/readme.txt": "not an image",
         "junk/data.csv": "not an image",
+        "cherry/caf?.jpg": "not UTF-8",
     }
     skipped = dict(messy.builder.info.metadata["skipped_files"])
     assert set(skipped) == set(expected)
     assert all(reason in skipped[name] for name, reason in expected.items())
     assert "image file is truncated" in skipped["apple/truncated.jpg"]  # found decoding, not by the header
     lines = [m for m in messy.warnings if "skipped" in m]
-    assert len(lines) == 1 and "skipped 5 file(s)" in lines[0]
-    assert all(name in lines[0] for name in expected)
+    assert len(lines) == 1 and "skipped 6 file(s)" in lines[0]
+    assert all(name in lines[0] for name in sorted(expected)[:5]) and "(1 more)" in lines[0]
     assert not set(expected) & set(messy.all)
 
 
@@ -324,7 +327,9 @@ def _layout_message_checks(message):
         assert needed in message
 
 
-@pytest.mark.parametrize("case", ["none", "missing", "file", "no_classes", "one_class", "one_readable_class"])
+@pytest.mark.parametrize(
+    "case", ["none", "missing", "file", "no_classes", "splits_without_classes", "one_class", "one_readable_class"]
+)
 def test_a_wrong_folder_is_one_error_naming_the_flag_and_the_layout(tmp_path, case):
     rng = np.random.default_rng(5)
     folder = tmp_path / "tree"
@@ -332,6 +337,9 @@ def test_a_wrong_folder_is_one_error_naming_the_flag_and_the_layout(tmp_path, ca
         folder.write_text("not a folder")
     elif case == "no_classes":
         _photos(rng, folder, 3, RED)  # images, but no class subfolders
+    elif case == "splits_without_classes":  # train/ and test/ are not taken for two classes
+        _photos(rng, folder / "train", 2, RED)
+        _photos(rng, folder / "test", 2, RED)
     elif case == "one_class":
         _photos(rng, folder / "only", 3, RED)
         (folder / "empty").mkdir()
@@ -349,6 +357,7 @@ def test_a_wrong_folder_is_one_error_naming_the_flag_and_the_layout(tmp_path, ca
         "missing": "does not exist",
         "file": "is a file, not a folder",
         "no_classes": "has no class subfolders (it holds 3 files directly",
+        "splits_without_classes": f"{folder / 'train'} has no class subfolders (it holds 2 files directly",
         "one_class": "1 class folder(s) with files (only)",
         "one_readable_class": "1 class folder(s) with readable images (only)",
     }[case]

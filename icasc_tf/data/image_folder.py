@@ -128,6 +128,11 @@ def _class_files(root: str, relative: str):
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8 in a Linux file name
+                unusable.append((rel.encode("utf-8", "replace").decode(), "file name not UTF-8: rename it"))
+                continue
+            try:
                 info = os.stat(path)
             except OSError as error:
                 reason = "broken link" if os.path.islink(path) else f"unreadable ({error.strerror})"
@@ -149,6 +154,11 @@ def _scan_classes(root: str, relative: str, listing_unusable: list) -> dict[str,
     return classes
 
 
+def _loose_files(folder: str) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not _hidden(e.name) and not e.is_dir())
+
+
 def scan(manual_dir: str | None) -> Listing:
     """Lists the folder (names and stat only, no file is opened) or says what is wrong with it."""
     if not manual_dir:
@@ -161,7 +171,7 @@ def scan(manual_dir: str | None) -> Listing:
     top = _subfolders(root)
     test_name = next((name for name in TEST_FOLDERS if name in top), None)
     unusable: list[tuple[str, str]] = []
-    if "train" in top and test_name and _subfolders(os.path.join(root, "train")):
+    if "train" in top and test_name:
         layout, folders = "splits", {"train": "train", "test": test_name}
         sources = {split: _scan_classes(root, folder, unusable) for split, folder in folders.items()}
         ignored = [name + "/" for name in top if name not in folders.values()]
@@ -169,13 +179,13 @@ def scan(manual_dir: str | None) -> Listing:
         layout, folders = "classes", {"all": ""}
         sources = {"all": _scan_classes(root, "", unusable)}
         ignored = []
-    with os.scandir(root) as entries:
-        ignored += sorted(e.name for e in entries if not _hidden(e.name) and not e.is_dir())
+    ignored += _loose_files(root)
     train = sources["train" if layout == "splits" else "all"]
     where = os.path.join(root, folders.get("train", ""))
     if not train:
-        loose = f" (it holds {len(ignored)} files directly: put them in class subfolders)" if ignored else ""
-        raise _missing(f"{where} has no class subfolders{loose}.")
+        loose = len(_loose_files(where))
+        held = f" (it holds {loose} files directly: put them in class subfolders)" if loose else ""
+        raise _missing(f"{where} has no class subfolders{held}.")
     with_files = [name for name, files in train.items() if files]
     if len(with_files) < 2:
         raise _missing(
