@@ -215,6 +215,7 @@ def test_argument_errors_name_the_choices(tmp_path):
         "imagenet2012",
         "cub200",
         "voc2012",
+        "image_folder",
     )
 
 

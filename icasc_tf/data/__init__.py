@@ -1,12 +1,13 @@
 """Datasets of the ICASC experiments as `tf.data` pipelines built on tensorflow-datasets.
 
 Importing this package registers the TFDS builders defined here (`cluttered_digits`,
-`caltech256`), so `tfds.load("cluttered_digits")` works afterwards.
+`caltech256`, `image_folder`), so `tfds.load("cluttered_digits")` works afterwards.
 """
 
 from icasc_tf.data.caltech256 import Caltech256
 from icasc_tf.data.cluttered_digits import ClutteredDigits
 from icasc_tf.data.errors import MissingDataError
+from icasc_tf.data.image_folder import ImageFolder
 from icasc_tf.data.pipeline import DatasetInfo, load_dataset
 from icasc_tf.data.registry import DATASETS
 
@@ -15,6 +16,7 @@ __all__ = [
     "Caltech256",
     "ClutteredDigits",
     "DatasetInfo",
+    "ImageFolder",
     "MissingDataError",
     "load_dataset",
 ]

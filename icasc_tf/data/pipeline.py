@@ -4,7 +4,7 @@ Each dataset is augmented as in the papers' experiments (docs/method.md, section
 the `AUGMENTATIONS` of `registry`:
 - none (cluttered digits): the composites are already random, nothing is added;
 - cifar: per-pixel train-mean subtraction, then (training) zero-pad 4, random crop, flip;
-- squash (Caltech-256, CUB, VOC): resize the whole image (aspect not kept) to 8/7 of the input
+- squash (Caltech-256, CUB, VOC, image_folder): resize the whole image (aspect not kept) to 8/7 of the input
   size (or `resize`), then a random crop and flip for training, the centre crop (or ten crops)
   for evaluation;
 - inception (ImageNet): training takes a random-resized crop and flip; evaluation resizes the
@@ -279,9 +279,9 @@ def load_dataset(
     `split` is a TFDS split string ("train", "test", "train[:90%]"); `training` (default: the
     split starts with "train") turns on shuffling and augmentation; `image_size` is the output
     side (or (height, width)), `resize` the side photos are resized to before cropping it;
-    `config` holds the builder
-    options of the datasets built here (cluttered_digits, caltech256). `deterministic=True` fixes
-    the order and the augmentation for a `seed`; evaluation always keeps the split's order.
+    `config` holds the builder options of the datasets built here (cluttered_digits, caltech256,
+    image_folder, whose folder is `manual_dir`). `deterministic=True` fixes the order and the
+    augmentation for a `seed`; evaluation always keeps the split's order.
     `reshuffle_each_iteration=False` makes every iteration of the returned dataset draw the same
     order and augmentation (one pass of a training stream; Keras may iterate a dataset twice);
     by default each iteration (epoch) draws new ones.

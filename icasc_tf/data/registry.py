@@ -13,7 +13,7 @@ from collections.abc import Callable
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from icasc_tf.data import caltech256, cluttered_digits, fashion_mnist
+from icasc_tf.data import caltech256, cluttered_digits, fashion_mnist, image_folder
 from icasc_tf.data.errors import MissingDataError
 
 # How images are resized and augmented; see icasc_tf.data.pipeline.transform_example.
@@ -37,6 +37,8 @@ class DatasetSpec:
     manual_files: tuple[tuple[str, ...], ...] = ()  # groups of alternatives, all groups required
     download_files: tuple[str, ...] = ()  # archives TFDS downloads; also accepted in manual_dir
     make_config: Callable[..., tfds.core.BuilderConfig] | None = None
+    # make_config takes the manual_dir first: the config is derived from the folder (image_folder).
+    config_from_manual_dir: bool = False
     instructions: str = ""
     # Where the source files are looked for when no manual_dir is given (None: TFDS's folder).
     default_manual_dir: Callable[[], str | None] | None = None
@@ -123,6 +125,15 @@ SPECS: dict[str, DatasetSpec] = {
         unlabelled_splits=("test",),
         download_files=("VOCtrainval_11-May-2012.tar", "VOC2012test.tar"),
     ),
+    "image_folder": DatasetSpec(
+        tfds_name="image_folder",
+        image_size=224,
+        recipe="squash",
+        eval_split="test",
+        make_config=image_folder.make_config,
+        config_from_manual_dir=True,
+        instructions=image_folder.INSTRUCTIONS,
+    ),
 }
 DATASETS: tuple[str, ...] = tuple(SPECS)
 
@@ -162,9 +173,11 @@ def _missing_data_message(name: str, spec: DatasetSpec, files: list[str], manual
     )
 
 
-def builder_config(name: str, options: dict) -> tfds.core.BuilderConfig | None:
-    """The builder config for `options`; only datasets built here take options."""
+def builder_config(name: str, options: dict, manual_dir: str | None = None) -> tfds.core.BuilderConfig | None:
+    """The builder config for `options` (and, for image_folder, the folder); only datasets built here take options."""
     spec = get_spec(name)
+    if spec.config_from_manual_dir:
+        return spec.make_config(manual_dir, **options)
     if spec.make_config is not None:
         return spec.make_config(**options)
     if options:
@@ -180,7 +193,7 @@ def prepare_builder(
 ) -> tfds.core.DatasetBuilder:
     """The TFDS builder of `name`, prepared in `data_dir` (generating or downloading if needed)."""
     spec = get_spec(name)
-    config = builder_config(name, options)
+    config = builder_config(name, options, manual_dir)
     config_kwargs = {} if config is None else {"config": config}  # "voc/2012" names its config
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, **config_kwargs)
     manual_dir = (
