@@ -22,11 +22,7 @@ so that drift of a shared machine hits all of them alike; the table gives the me
 import os
 import shutil
 import statistics
-import sys
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import tensorflow as tf
@@ -127,7 +123,7 @@ def rebuilt(builder, seed, *, parallel=AUTOTUNE, cache_resized=False, dct=False)
             image, _ = transforms.random_flip(image, None, flip_seed)
             return image, example["label"]
         image = dct_decode(example["image"], side) if dct else feature.decode_example(example["image"])
-        image, _ = transform_example(image, None, example_seed, recipe="squash", size=size, training=True,
+        image, _ = transform_example(image, None, example_seed, augmentation="squash", size=size, training=True,
                                      crops="single")
         return image, example["label"]
 

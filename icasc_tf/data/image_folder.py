@@ -58,7 +58,7 @@ Class names are the folder names; any image format PIL reads is accepted.
 """
 TEST_FOLDERS = ("test", "val", "validation")
 IGNORED_NAMES = frozenset({"__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini"})
-MAX_SIDE = 1024  # the squash recipe at 448 resizes to 512: a 2:1 image keeps 512 on its short side
+MAX_SIDE = 1024  # the squash augmentation at 448 resizes to 512: a 2:1 image keeps 512 on its short side
 SMALL_SIDE = 32  # images with a shorter side are counted in the summary (the pipeline upsamples them)
 JPEG_QUALITY = 95
 SHOWN = 5  # names shown in one warning line

@@ -128,7 +128,7 @@ SPECS: dict[str, DatasetSpec] = {
     "image_folder": DatasetSpec(
         tfds_name="image_folder",
         image_size=224,
-        recipe="squash",
+        augmentation="squash",
         eval_split="test",
         make_config=image_folder.make_config,
         config_from_manual_dir=True,
