@@ -14,7 +14,18 @@ setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["icasc_tf", "icasc_tf.*"]),
+    # flags/ (the paper's recipes) ships inside the package as icasc_tf/flags, so that recipe runs
+    # work from any folder after a non-editable install.
+    packages=find_packages(include=["icasc_tf", "icasc_tf.*"]) + ["icasc_tf.flags"],
+    package_dir={"icasc_tf.flags": "flags"},
+    package_data={"icasc_tf.flags": ["*.flags"]},
+    entry_points={
+        "console_scripts": [
+            "icasc-train=icasc_tf.cli.train:main",
+            "icasc-evaluate=icasc_tf.cli.evaluate:main",
+            "icasc-visualize=icasc_tf.cli.visualize:main",
+        ]
+    },
     python_requires=">=3.10",
     install_requires=[
         "keras==3.15.1",

@@ -20,6 +20,7 @@ from icasc_tf.train.stream import TrainingStream
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_mid_epoch_and_ends_with_an_uninterrupted_runs_step_count(tmp_path):
     run = tmp_path / "run"
     args = [

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_study_smoke_writes_table_json_and_chart(tmp_path):
     out = tmp_path / "study"
     result = subprocess.run(

@@ -259,6 +259,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
     ports = [_free_port(), _free_port()]
     workers = [f"127.0.0.1:{p}" for p in ports]

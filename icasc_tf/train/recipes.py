@@ -24,16 +24,15 @@ With ``--flagfile`` no recipe applies (the flagfile is the recipe). A flag given
 once (in a flagfile and on the command line, or twice) takes absl's value, the last one,
 and a note says which.
 
-Where ``flags/`` is found: ``$ICASC_TF_FLAGS_DIR`` if set, else ``flags/`` beside the
-``icasc_tf`` package, i.e. in the repository, which holds for a checkout and for
-``pip install -e .``. A non-editable install does not ship ``flags/``: set
-``ICASC_TF_FLAGS_DIR`` or pass ``--flagfile``; only a run that needs a recipe fails, with
-that advice.
+Where ``flags/`` is found: ``$ICASC_TF_FLAGS_DIR`` if set; else the copy installed with the
+package (``icasc_tf.flags``: the repository's ``flags/`` for ``pip install -e .``, a copy inside the
+package for ``pip install .``); else ``flags/`` beside the package (a checkout on ``PYTHONPATH``).
 """
 
 import dataclasses
 import functools
 import glob
+import importlib.util
 import os
 
 from absl import flags
@@ -91,7 +90,12 @@ class Resolution:
 
 
 def flags_dir():
-    return os.environ.get(FLAGS_DIR_ENV) or REPO_FLAGS_DIR
+    if os.environ.get(FLAGS_DIR_ENV):
+        return os.environ[FLAGS_DIR_ENV]
+    spec = importlib.util.find_spec("icasc_tf.flags")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return REPO_FLAGS_DIR
 
 
 def read_flagfile(path):
@@ -119,9 +123,8 @@ def recipes():
     directory = flags_dir()
     if not os.path.isdir(directory):
         raise ValueError(
-            f"The recipes (flags/*.flags) are not at {directory}: icasc_tf is not installed from a "
-            f"checkout (pip install -e .). Set {FLAGS_DIR_ENV} to the repository's flags/ folder, or "
-            "pass --flagfile=<recipe>."
+            f"The recipes (flags/*.flags) are not at {directory}. Reinstall icasc_tf (pip install . ships "
+            f"them), set {FLAGS_DIR_ENV} to a folder of .flags files, or pass --flagfile=<recipe>."
         )
     return _recipes(directory)
 
