@@ -2,9 +2,9 @@
 
 Every function takes ``features`` F and ``grads`` g = dY^c/dF, both ``[B, H, W, K]``
 (channels last), and returns a non-negative map ``[B, H, W]``: no normalisation, no
-resizing, so that the losses can decide both (METHOD.md §1.1). All of them are plain
+resizing, so that the losses can decide both (docs/method.md §1.1). All of them are plain
 differentiable tensor expressions, which is what lets the ICASC losses reach the
-weights through g (second-order terms, METHOD.md §1.6).
+weights through g (second-order terms, docs/method.md §1.6).
 """
 
 import tensorflow as tf
@@ -48,7 +48,7 @@ ATTENTION_FUNCTIONS = {
     "apx": pixel_wise_attention,
     "gradcampp": grad_cam_plus_plus,
 }
-# Grad-CAM++ needs g^3 and is meant for evaluation only (METHOD.md §1.1).
+# Grad-CAM++ needs g^3 and is meant for evaluation only (docs/method.md §1.1).
 TRAINABLE_ATTENTIONS = ("ach", "gradcam", "apx")
 
 

@@ -1,7 +1,7 @@
 """The ICASC loss terms (ICCV Eqs. 3-6), each per sample (``[B]``).
 
 Per-sample values let the model average over the *global* batch under a
-distribution strategy (METHOD.md §1.5). Every denominator carries ``EPSILON`` so
+distribution strategy (docs/method.md §1.5). Every denominator carries ``EPSILON`` so
 that an all-zero attention map (ReLU killed everything) gives a finite loss and
 finite gradients.
 """
@@ -24,7 +24,7 @@ def normalize_by_max(attention):
 def target_mask(attention_last, size=None, sigma=0.55, omega=100.0):
     """Soft mask of the target region (ICCV Eq. 4): sigmoid(omega * (A / max A - sigma)).
 
-    The threshold acts on the max-normalised map (METHOD.md §1.4 **decision**), so
+    The threshold acts on the max-normalised map (docs/method.md §1.4, a decision), so
     ``sigma=0.55`` is 0.55 * max(A). ``size=(h, w)`` resizes it bilinearly, e.g. to the
     inner layer's resolution. Returns ``[B, h, w]``.
     """

@@ -1,4 +1,4 @@
-"""ICASC in one screen (METHOD.md §1), as plain functions; ``ICASC`` wires them into Keras.
+"""ICASC in one screen (docs/method.md §1), as plain functions; ``ICASC`` wires them into Keras.
 
 One tapped forward pass gives the inner and last feature maps F and the logits; the
 gradients dY/dF of the target's and the most confusing class's scores give their
@@ -57,7 +57,7 @@ def separation_and_consistency(target, confusing, *, sigma=0.55, omega=100.0, th
     (a_inner_t, a_last_t), (a_inner_c, a_last_c) = target, confusing
     mask_last = L.target_mask(a_last_t, sigma=sigma, omega=omega)
     mask_inner = L.resize_map(mask_last, tf.shape(a_inner_t)[1:3])
-    if not mask_gradient:  # the mask is a target (METHOD.md §1.4 decision)
+    if not mask_gradient:  # the mask is a target (docs/method.md §1.4 decision)
         mask_last, mask_inner = tf.stop_gradient(mask_last), tf.stop_gradient(mask_inner)
     return {
         "as_inner": L.attention_separation_loss(a_inner_t, a_inner_c, mask_inner),

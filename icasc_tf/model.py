@@ -2,7 +2,7 @@
 
 The method itself lives in ``icasc_tf.method`` as plain functions; this class wires it
 into Keras: ``train_step`` calls it under the outer ``tf.GradientTape`` so the attention
-losses reach the weights through dY/dF as well as through F (METHOD.md §1.6), averages
+losses reach the weights through dY/dF as well as through F (docs/method.md §1.6), averages
 per-sample losses over the global batch, and reports them as metrics. With every
 attention weight at 0 it is the plain baseline step.
 """
@@ -42,14 +42,14 @@ class ICASC(KerasCompat, keras.Model):
     Args:
       backbone: functional Keras classifier whose single output is logits ``[B, C]``.
       inner_layer, last_layer: names of the backbone's layers whose 4-D outputs are
-        the inner and last feature maps (METHOD.md §1.3).
+        the inner and last feature maps (docs/method.md §1.3).
       attention: ``"ach"`` (default), ``"gradcam"`` or ``"apx"``.
       multi_label: labels are multi-hot ``[B, C]``; classification loss is the
         multilabel soft margin and the target map uses all positive classes.
       loss_weights: weights of (L_AS^in, L_AS^la, L_AC); all 0 trains the plain baseline.
       bn_mode: ``"batch"`` takes one summed gradient through the training-mode pass;
         ``"exact"`` re-runs the layers after the inner map with BatchNormalization in
-        inference mode, so each sample's gradient is its own (METHOD.md §1.1).
+        inference mode, so each sample's gradient is its own (docs/method.md §1.1).
       sigma, omega, theta: mask threshold, mask sharpness, consistency target.
       mask_gradient: let gradients flow through the mask (default: it is a target).
       second_order: differentiate through dY/dF (the paper); ``False`` detaches the

@@ -1,7 +1,7 @@
 """Painless attention (WRNA): gated attention modules added to any functional classifier.
 
 Rodriguez et al., "A Painless Attention Mechanism for CNNs" (ICLR 2018 submission);
-METHOD.md §2. Each attention module looks at one feature map Z [B, h, w, n]:
+docs/method.md §2. Each attention module looks at one feature map Z [B, h, w, n]:
 
 - attention heads (Eqs. 1-2): M = spatial_softmax(1x1 conv of Z to AW masks),
   H_k = M_k * Z;

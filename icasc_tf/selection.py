@@ -1,4 +1,4 @@
-"""Which classes the attention maps are taken for (METHOD.md §1.2).
+"""Which classes the attention maps are taken for (docs/method.md §1.2).
 
 The target T is the ground truth (all positives for multi-label); the most confusing
 class is the non-target class with the highest predicted probability. Softmax and

@@ -1,4 +1,4 @@
-"""Independent NumPy versions of the paper's equations, written loop-by-loop from METHOD.md."""
+"""Independent NumPy versions of the paper's equations, written loop-by-loop from docs/method.md."""
 
 import numpy as np
 

@@ -2,7 +2,7 @@
 
 ``build_backbone(name, num_classes)`` returns a ``Backbone``: a flat functional Keras model
 (image in [0, 1] -> logits from a Dense named ``logits``) and the names of the layers the
-methods tap: ``inner_layer`` / ``last_layer`` for ICASC (METHOD.md §1.3) and
+methods tap: ``inner_layer`` / ``last_layer`` for ICASC (docs/method.md §1.3) and
 ``stage_layers`` for painless attention. ``stage_layers[-2:]`` are always the inner and
 last layers; the inner map has twice the last map's resolution (exactly so when the
 input size is a multiple of the network's total stride).

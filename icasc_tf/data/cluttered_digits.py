@@ -1,4 +1,4 @@
-"""Cluttered digits: the bundled, download-free visual-confusion benchmark (METHOD.md section 3).
+"""Cluttered digits: the bundled, download-free visual-confusion benchmark (docs/method.md §3).
 
 Built from the 1,797 8x8 digits that ship inside scikit-learn, after the cluttered
 translated MNIST of Mnih et al. (2014) used by the painless-attention paper: one upscaled

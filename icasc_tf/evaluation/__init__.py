@@ -1,4 +1,4 @@
-"""Evaluation of ICASC models: the papers' metrics (METHOD.md §1.8) and attention metrics (§4)."""
+"""Evaluation of ICASC models: the papers' metrics (docs/method.md §1.8) and attention metrics (§4)."""
 
 from icasc_tf.evaluation.attention_metrics import (
     box_masks,

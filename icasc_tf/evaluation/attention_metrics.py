@@ -1,4 +1,4 @@
-"""Localization and faithfulness of attention maps (METHOD.md §4).
+"""Localization and faithfulness of attention maps (docs/method.md §4).
 
 Maps are ``[B, h, w]`` at feature resolution; every metric first resizes them
 bilinearly to the image size, the way the maps are shown on the image. Boxes are

@@ -1,4 +1,4 @@
-"""``evaluate_model``: every metric of METHOD.md §1.8 and §4 in one pass over a split."""
+"""``evaluate_model``: every metric of docs/method.md §1.8 and §4 in one pass over a split."""
 
 import keras
 import numpy as np

@@ -1,6 +1,6 @@
 """The papers' recipes as the defaults of a run: ``--dataset`` (and ``--arch``) pick one.
 
-The recipes are the flagfiles in the repository's ``flags/`` folder (METHOD.md §1.7), read
+The recipes are the flagfiles in the repository's ``flags/`` folder (docs/method.md §1.7), read
 at run time: they are the one copy of their values. ``scripts/train.py`` calls
 ``resolve(FLAGS, sys.argv)``; tests call ``config_from_argv(argv)``, the same code path.
 
