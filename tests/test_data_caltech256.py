@@ -109,7 +109,7 @@ def test_pipeline_resizes_and_ten_crops(built, manual_dir):
     images, labels = next(iter(train))
     assert images.shape == (8, 24, 24, 3) and labels.dtype == "int32"
     assert 0.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
-    assert (info.num_classes, info.num_examples, info.eval_split) == (256, 512, "test")
+    assert (info.num_classes, info.num_examples, info.test_split) == (256, 512, "test")
     test, _ = load_dataset("caltech256", "test", 8, crops="ten", **kwargs)
     assert next(iter(test))[0].shape == (8, 10, 24, 24, 3)
     wide, _ = load_dataset("caltech256", "train", 4, resize=40, seed=3, **kwargs)

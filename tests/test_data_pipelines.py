@@ -74,7 +74,7 @@ def test_imagenet_train_eval_and_ten_crop(tmp_path, imagenet_manual_dir):
     # The centre crop is crop 4 of the ten; crops 5-9 are the mirrors of crops 0-4.
     np.testing.assert_allclose(batches["ten"][0][:, 4], batches["single"][0], atol=1e-6)
     np.testing.assert_allclose(batches["ten"][0][:, 9], batches["single"][0][:, :, ::-1], atol=1e-6)
-    assert info.num_classes == 1000 and ten_info.num_crops == 10 and info.eval_split == "validation"
+    assert info.num_classes == 1000 and ten_info.num_crops == 10 and info.test_split == "validation"
 
 
 def _cub_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):

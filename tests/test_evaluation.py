@@ -266,7 +266,7 @@ def _tiny_run(tmp_path):
     ICASC(tiny_convnet(num_classes=10, size=32), "inner", "last").save(model_dir / "best.keras")
     config = {
         "dataset": "cluttered_digits", "dataset_config": ["num_train=4", "num_test=12"],
-        "eval_split": "test", "data_dir": str(tmp_path / "tfds"), "manual_dir": "", "image_size": 0,
+        "test_split": "test", "data_dir": str(tmp_path / "tfds"), "manual_dir": "", "image_size": 0,
         "batch_size": 5, "arch": "tiny", "attention": "ach", "multi_label": False, "seed": 0,
     }
     (model_dir / "config.json").write_text(json.dumps(config))

@@ -12,6 +12,7 @@ from absl import flags
 from icasc_tf.train import RunDir, TrainConfig, recipes
 from icasc_tf.train import config as run_config
 from icasc_tf.train.recipes import config_from_argv, read_flagfile
+from icasc_tf.train.stream import Splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(ROOT, "flags")
@@ -79,7 +80,8 @@ def test_a_backbone_without_recipe_takes_the_dataset_recipe_without_its_backbone
     assert "(docs/weights.md converts ImageNet weights for resnet18)" in resnet18
     # VOC's recipe sets --arch_options=stem=imagenet for resnet18: not carried to resnet50.
     voc = config_from_argv(["train.py", "--dataset=voc2012", "--arch=resnet50"]).config
-    assert voc.arch_options == [] and voc.image_size == 299 and voc.eval_split == "validation"
+    assert voc.arch_options == [] and voc.image_size == 299
+    assert (Splits.of(voc).validation, Splits.of(voc).test) == ("validation", "validation")  # VOC's official split
 
 
 def test_dataset_alone_takes_its_designated_recipe_and_method_changing_recipes_are_never_picked():

@@ -49,7 +49,7 @@ def test_sigkilled_run_resumes_mid_epoch_and_ends_with_an_uninterrupted_runs_ste
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["optimizer_steps"] == 2 * 16  # what an uninterrupted run takes
     assert metrics["resumed_at"] == {"epoch": 1, "step": position[1]} and metrics["epochs_run"] == 1
-    assert np.isfinite(metrics["final"]["loss"])
+    assert np.isfinite(metrics["validation"]["final"]["loss"]) and np.isfinite(metrics["test"]["final"]["loss"])
 
 
 class KillAtStep(keras.callbacks.Callback):

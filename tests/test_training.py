@@ -106,8 +106,8 @@ def test_run_writes_everything_and_resumes(tmp_path):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("accuracy", "loss", "as_inner", "as_last", "ac", "classification_loss"):
-        assert np.isfinite(metrics["final"][key]), key
-    assert 0.0 <= metrics["final"]["accuracy"] <= 1.0
+        assert np.isfinite(metrics["validation"]["final"][key]), key
+    assert 0.0 <= metrics["validation"]["final"]["accuracy"] <= 1.0 and "accuracy" in metrics["test"]["best"]
     # The saved flags repeat the run.
     assert f"--model_dir={run}" in (run / "flags.txt").read_text()
     # TensorBoard: scalars and the attention images, per epoch.
@@ -139,7 +139,7 @@ def test_other_flags_do_not_resume_a_run(tmp_path):
 
 def test_mirrored_strategy_and_batch_divisibility(tmp_path):
     summary = run_training(tiny_config(tmp_path, strategy="mirrored", epochs=1, attention_images=0))
-    assert summary["num_replicas"] == 2 and np.isfinite(summary["final"]["loss"])
+    assert summary["num_replicas"] == 2 and np.isfinite(summary["validation"]["final"]["loss"])
     with pytest.raises(ValueError, match="not divisible by the 2 replicas"):
         run_training(tiny_config(tmp_path, strategy="mirrored", batch_size=15, model_dir=str(tmp_path / "b")))
 
@@ -295,3 +295,11 @@ def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / "logs" / "attention").is_dir()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["optimizer_steps"] == 4
+
+
+def test_logged_learning_rate_is_the_mean_rate_each_epoch_used(tmp_path):
+    summary = run_training(tiny_config(tmp_path, epochs=2, steps_per_epoch=2, learning_rate=0.1))
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=4)  # the run's: 2 epochs x 2 steps
+    used = [float(schedule(step)) for step in range(4)]
+    np.testing.assert_allclose(summary["history"]["learning_rate"], [np.mean(used[:2]), np.mean(used[2:])], rtol=1e-6)
+    assert summary["history"]["learning_rate"][-1] > 0.01  # not the 0 left after the last step

@@ -136,7 +136,7 @@ def run_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     config = {
         "dataset": "cluttered_digits", "dataset_config": ["num_train=20", "num_test=12"],
-        "data_dir": str(root / "tfds"), "manual_dir": "", "eval_split": "test", "image_size": 0, "seed": 0,
+        "data_dir": str(root / "tfds"), "manual_dir": "", "test_split": "test", "image_size": 0, "seed": 0,
     }
     for name, seed, weights in (("icasc", 0, (1.0, 1.0, 1.0)), ("baseline", 1, (0.0, 0.0, 0.0))):
         os.makedirs(root / name)

@@ -16,6 +16,7 @@ import sys
 from absl import app, flags, logging
 
 from icasc_tf.data import load_dataset
+from icasc_tf.data.registry import get_spec
 from icasc_tf.evaluation import evaluate_model
 from icasc_tf.train import TrainConfig
 from icasc_tf.train.run_dir import MODELS, RunDir, load_model_file
@@ -25,7 +26,7 @@ flags.DEFINE_string("model_dir", None, "Training run folder holding best.keras /
 flags.DEFINE_enum("which_model", "best", list(MODELS), "Which model of --model_dir: best.keras or final.keras.")
 flags.DEFINE_string("model", None, "Path of a .keras ICASC model (instead of, or overriding, --model_dir's).")
 flags.DEFINE_string("dataset", None, "Dataset name; default the run's, else cluttered_digits.")
-flags.DEFINE_string("split", None, "Split to evaluate; default the run's eval_split, else test.")
+flags.DEFINE_string("split", None, "Split to evaluate; default the run's test split (the dataset's, else test).")
 flags.DEFINE_string("data_dir", None, "TFDS data folder; default the run's.")
 flags.DEFINE_string("manual_dir", None, "Folder of manually downloaded archives; default the run's.")
 flags.DEFINE_integer("batch_size", None, "Batch size; default the run's, else 64.")
@@ -39,7 +40,6 @@ flags.DEFINE_bool("ten_crop", False, "Also report ten-crop accuracy (datasets th
 flags.DEFINE_string("output", None, "Results JSON path; default <model_dir>/eval_<split>.json.")
 
 DEFAULT_DATASET = "cluttered_digits"
-DEFAULT_SPLIT = "test"
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -54,6 +54,13 @@ def _run_config(model_dir):
     if not os.path.isdir(model_dir):
         raise EvaluationError(f"--model_dir={model_dir} does not exist: pass the folder of a training run.")
     return RunDir(model_dir).saved_options() or {}
+
+
+def _test_split(dataset):
+    try:
+        return get_spec(dataset).test_split
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
 
 
 def resolve_settings(flag_values):
@@ -74,13 +81,14 @@ def resolve_settings(flag_values):
             value = config.get(key)
         return default if value in (None, "") else value
 
-    split = pick("split", "eval_split", DEFAULT_SPLIT)
+    dataset = pick("dataset", "dataset", DEFAULT_DATASET)
+    split = pick("split", "test_split", "") or _test_split(dataset)
     output = flag_values.output or os.path.join(
         flag_values.model_dir or os.path.dirname(os.path.abspath(model_path)), f"eval_{split}.json"
     )
     return {
         "model_path": model_path,
-        "dataset": pick("dataset", "dataset", DEFAULT_DATASET),
+        "dataset": dataset,
         "split": split,
         "batch_size": int(pick("batch_size", "batch_size", DEFAULT_BATCH_SIZE)),
         "data_dir": pick("data_dir", "data_dir", None),

@@ -48,8 +48,33 @@ def _main(argv):
     except (ValueError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(2)
-    final = ", ".join(f"{k}={v:.4f}" for k, v in sorted(summary["final"].items()))
-    print(f"done: {config.model_dir}: {final}")
+    print(done_lines(config.model_dir, summary))
+
+
+def _score(results):
+    """The headline number of a results dict: accuracy, else mAP."""
+    for key, name in (("accuracy", "top-1"), ("map", "mAP")):
+        if key in results:
+            return f"{name} {100 * results[key]:.1f}%"
+    return ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
+
+
+def done_lines(model_dir, summary):
+    """The ``done:`` line, each number with the split and model it is from, and what to run next."""
+    test, validation = summary["test"], summary["validation"]
+    best = validation.get("best") or {}
+    monitor = summary.get("selected_on", "val_accuracy")
+    parts = [f"final.keras {_score(test['final'])}"]
+    if "best" in test:
+        chosen = f"epoch {best.get('epoch')}, validation {monitor[4:]} {100 * best.get(monitor, float('nan')):.1f}%"
+        parts.append(f"best.keras ({chosen}) {_score(test['best'])}")
+    return "\n".join([
+        f"done: {model_dir}: test split {test['split']!r}: " + "; ".join(parts),
+        "next:",
+        f"  python scripts/evaluate.py --model_dir={model_dir}    # every metric on the test split (best.keras)",
+        f"  python scripts/visualize.py --model_dir={model_dir}   # top-5 classes and their attention maps",
+        f"  tensorboard --logdir {model_dir}                     # curves and attention panels",
+    ])
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from icasc_tf.data import load_dataset
+from icasc_tf.data.registry import get_spec
 from icasc_tf.train import TrainConfig
 from icasc_tf.train.run_dir import MODELS, RunDir, load_model_file
 from icasc_tf.visualize import top5_figure
@@ -33,7 +34,7 @@ flags.DEFINE_enum("layer", "last", ["last", "inner"], "Feature layer whose maps 
 flags.DEFINE_list("images", [], "Indices of the images in the split (default: the first --num_images).")
 flags.DEFINE_integer("num_images", 4, "How many images from the start of the split, if --images is empty.")
 flags.DEFINE_integer("top_k", 5, "Predicted classes per row.")
-flags.DEFINE_string("split", "", "TFDS split (default: the run's eval_split, else test).")
+flags.DEFINE_string("split", "", "TFDS split (default: the run's test split).")
 flags.DEFINE_string("dataset", "", "Dataset name (default: the run's; else cluttered_digits).")
 flags.DEFINE_list("dataset_config", None, "Dataset builder options key=value (default: the run's).")
 flags.DEFINE_string("data_dir", None, "TFDS data folder (default: the run's).")
@@ -140,7 +141,7 @@ def run():
     except ValueError as error:
         raise UserError(str(error)) from None
     dataset = FLAGS.dataset or config.dataset
-    split = FLAGS.split or config.eval_split
+    split = FLAGS.split or config.test_split or get_spec(dataset).test_split
     indices = _indices(FLAGS.images, FLAGS.num_images)
     images, labels, boxes, info = load_examples(
         dataset, split, indices,

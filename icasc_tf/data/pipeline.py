@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -55,7 +56,8 @@ class DatasetInfo:
     steps_per_epoch: int  # batches per pass over the split
     num_crops: int  # 10 with crops="ten": images are then [B, 10, H, W, 3]
     training: bool
-    eval_split: str  # the split the papers report on
+    test_split: str  # the split results are reported on
+    validation_split: str | None  # the official validation split, if the dataset has one
     tfds_name: str  # e.g. "voc/2012" or "cluttered_digits/default"
     pixel_mean: np.ndarray | None = None  # [H, W, 3] subtracted from the images (CIFAR-100)
 
@@ -98,7 +100,7 @@ def _check_arguments(name, spec, split, batch_size, training, with_boxes, crops,
             f"{[n for n, s in SPECS.items() if s.box_key]}."
         )
     if split.split("[")[0] in spec.unlabelled_splits:
-        raise ValueError(f"Split {split!r} of {name!r} has no labels; use {spec.eval_split!r}.")
+        raise ValueError(f"Split {split!r} of {name!r} has no labels; use {spec.test_split!r}.")
 
 
 def _cache_path(data_dir: str | None, builder, what: str) -> str:
@@ -120,7 +122,11 @@ def read_split(
     """The TFDS examples of a split, parsing only the image, label and (optionally) box features.
 
     With `decode_images=False` the images stay encoded, so that a shuffle buffer holds bytes.
+    Every example also carries TFDS's `tfds_id` (its file and position), which names it
+    whatever order the files are read in.
     """
+    read_config = read_config or tfds.ReadConfig()
+    read_config.add_tfds_id = True
     wanted = {"image": True, spec.label_key: True, **({spec.box_key: True} if with_boxes else {})}
     skip_image = None if decode_images else {"image": tfds.decode.SkipDecoding()}
     dataset = builder.as_dataset(
@@ -160,6 +166,50 @@ def train_pixel_mean(builder, spec: DatasetSpec, data_dir: str | None) -> np.nda
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.save(path, mean)
     return mean
+
+
+def held_out_ids(builder, spec: DatasetSpec, split: str, share: float, seed: int, data_dir) -> list[str]:
+    """The `tfds_id`s of a seeded, stratified `share` of `split`, set aside for validation.
+
+    Per class (the single label; multi-label data is drawn as one group), the examples are
+    ordered by a permutation seeded with (seed, class) and the first round(share * n) are
+    held out, so every class keeps its proportion. Computed once from the labels alone and
+    cached beside the prepared dataset.
+    """
+    key = f"held-out-{re.sub(r'[^A-Za-z0-9]+', '_', split)}-{share:g}-{seed}.json"
+    path = _cache_path(data_dir, builder, key)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    only_labels = tfds.decode.PartialDecoding({spec.label_key: True})
+    examples = builder.as_dataset(
+        split=split, shuffle_files=False, decoders=only_labels, read_config=tfds.ReadConfig(add_tfds_id=True)
+    )
+    by_class: dict[int, list[str]] = {}
+    for example in examples.as_numpy_iterator():
+        group = -1 if spec.multi_label else int(example[spec.label_key])
+        by_class.setdefault(group, []).append(example["tfds_id"].decode("utf-8"))
+    held_out = []
+    for group, ids in sorted(by_class.items()):
+        ids = sorted(ids)
+        order = np.random.default_rng([seed % 2**32, group + 1]).permutation(len(ids))
+        held_out += [ids[i] for i in order[: int(round(share * len(ids)))]]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as file:
+        json.dump(sorted(held_out), file)
+    os.replace(tmp, path)
+    return sorted(held_out)
+
+
+def _keep(ids: list[str], take_listed: bool):
+    """A `Dataset.filter` predicate: examples whose `tfds_id` is (or is not) in `ids`."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(ids or [""], tf.string), tf.ones(max(len(ids), 1), tf.int32)),
+        default_value=0,
+    )
+    wanted = 1 if take_listed else 0
+    return lambda example: tf.equal(table.lookup(example["tfds_id"]), wanted)
 
 
 def _class_names(spec: DatasetSpec, builder, data_dir: str | None) -> tuple[str, ...]:
@@ -272,6 +322,9 @@ def load_dataset(
     drop_remainder: bool | None = None,
     crops: str = "single",
     reshuffle_each_iteration: bool = True,
+    hold_out: float = 0.0,
+    hold_out_seed: int = 0,
+    held_out: bool = False,
     **config,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Batches of `(images, labels)` or `(images, labels, boxes)` from one split of `name`.
@@ -285,6 +338,9 @@ def load_dataset(
     `reshuffle_each_iteration=False` makes every iteration of the returned dataset draw the same
     order and augmentation (one pass of a training stream; Keras may iterate a dataset twice);
     by default each iteration (epoch) draws new ones.
+    `hold_out` > 0 sets aside a seeded (`hold_out_seed`), stratified share of `split`
+    (`held_out_ids`): the dataset is the rest, or with `held_out=True` only that share (a
+    validation split carved from the training split).
     Images are float32 RGB in [0, 1] (CIFAR-100: minus the train pixel mean), [B, H, W, 3] or
     [B, 10, H, W, 3] with crops="ten"; labels int32 [B], or multi-hot float32 [B, C] for
     multi-label data; boxes float32 [B, 4] `[ymin, xmin, ymax, xmax]` in the output image.
@@ -315,6 +371,21 @@ def load_dataset(
     num_examples = int(dataset.cardinality())
     if num_examples < 0:
         num_examples = builder.info.splits[split].num_examples
+    if not 0.0 <= hold_out < 1.0:
+        raise ValueError(f"hold_out must be in [0, 1): the share of {split!r} set aside; got {hold_out}.")
+    if hold_out > 0:
+        ids = held_out_ids(builder, spec, split, hold_out, hold_out_seed, data_dir)
+        if not ids or len(ids) == num_examples:
+            raise ValueError(
+                f"Holding out {hold_out:g} of {name!r} {split!r} ({num_examples} examples) leaves "
+                f"{len(ids)} to validate on and {num_examples - len(ids)} to train on; choose another share."
+            )
+        num_examples = len(ids) if held_out else num_examples - len(ids)
+        # A filter hides the size; stated again, Keras knows when an epoch ends.
+        dataset = dataset.filter(_keep(ids, take_listed=held_out)).apply(
+            tf.data.experimental.assert_cardinality(num_examples)
+        )
+        split = f"{split} ({'held out' if held_out else 'without'} {hold_out:g}, seed {hold_out_seed})"
 
     dataset = dataset.map(_selector(spec, num_classes, with_boxes), num_parallel_calls=AUTOTUNE)
     if spec.in_memory:
@@ -358,7 +429,8 @@ def load_dataset(
         steps_per_epoch=steps,
         num_crops=num_crops,
         training=training,
-        eval_split=spec.eval_split,
+        test_split=spec.test_split,
+        validation_split=spec.validation_split,
         tfds_name=builder.info.full_name.rsplit("/", 1)[0],
         pixel_mean=mean,
     )

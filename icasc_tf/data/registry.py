@@ -27,7 +27,10 @@ class DatasetSpec:
     tfds_name: str
     image_size: int  # default output side (the papers' input size)
     augmentation: str  # one of AUGMENTATIONS
-    eval_split: str  # the split the papers report on
+    test_split: str  # the split results are reported on (the papers' test split)
+    # An official labelled validation split to choose models on (ImageNet, VOC: the same split
+    # the papers report on, having no labelled test split); None: a share of train is held out.
+    validation_split: str | None = None
     label_key: str = "label"
     multi_label: bool = False  # labels are a Sequence(ClassLabel) turned into a multi-hot vector
     box_key: str | None = None
@@ -51,7 +54,7 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="cluttered_digits",
         image_size=32,
         augmentation="none",
-        eval_split="test",
+        test_split="test",
         box_key="bbox",
         in_memory=True,
         make_config=cluttered_digits.make_config,
@@ -60,7 +63,7 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="cluttered_digits",
         image_size=96,
         augmentation="none",
-        eval_split="test",
+        test_split="test",
         box_key="bbox",
         in_memory=True,
         manual_files=tuple((name,) for name in fashion_mnist.FILE_NAMES),
@@ -74,7 +77,7 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="fashion_mnist_files",
         image_size=32,
         augmentation="cifar",
-        eval_split="test",
+        test_split="test",
         in_memory=True,
         manual_files=tuple((name,) for name in fashion_mnist.FILE_NAMES),
         instructions=fashion_mnist.INSTRUCTIONS,
@@ -85,7 +88,7 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="cifar100",
         image_size=32,
         augmentation="cifar",
-        eval_split="test",
+        test_split="test",
         in_memory=True,
         download_files=("cifar-100-binary.tar.gz",),
     ),
@@ -93,7 +96,7 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="caltech256",
         image_size=299,
         augmentation="squash",
-        eval_split="test",
+        test_split="test",
         manual_files=((caltech256.FOLDER_NAME, caltech256.ARCHIVE_NAME),),
         make_config=caltech256.make_config,
         instructions=caltech256.MANUAL_DOWNLOAD_INSTRUCTIONS,
@@ -102,7 +105,8 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="imagenet2012",
         image_size=224,
         augmentation="inception",
-        eval_split="validation",
+        test_split="validation",
+        validation_split="validation",
         manual_files=(("ILSVRC2012_img_train.tar",), ("ILSVRC2012_img_val.tar",)),
         instructions="Register at https://image-net.org/download-images to get them.\n",
     ),
@@ -110,7 +114,7 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="caltech_birds2011",
         image_size=448,
         augmentation="squash",
-        eval_split="test",
+        test_split="test",
         box_key="bbox",
         label_name_key="label_name",
         download_files=("CUB_200_2011.tgz", "segmentations.tgz"),
@@ -119,7 +123,8 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="voc/2012",
         image_size=299,
         augmentation="squash",
-        eval_split="validation",
+        test_split="validation",
+        validation_split="validation",
         label_key="labels",
         multi_label=True,
         unlabelled_splits=("test",),
@@ -129,7 +134,7 @@ SPECS: dict[str, DatasetSpec] = {
         tfds_name="image_folder",
         image_size=224,
         augmentation="squash",
-        eval_split="test",
+        test_split="test",
         make_config=image_folder.make_config,
         config_from_manual_dir=True,
         instructions=image_folder.INSTRUCTIONS,

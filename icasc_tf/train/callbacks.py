@@ -226,17 +226,27 @@ class BestModel(keras.callbacks.Callback):
 
 
 class LearningRateLogger(keras.callbacks.Callback):
-    """Put the optimizer's current learning rate into the logs (so TensorBoard plots it)."""
+    """Put the learning rate into the logs (so TensorBoard plots it): per batch the rate that
+    batch's step used, per epoch the mean of the rates its steps used (a schedule moves within
+    an epoch; the rate after the last step, 0 at the end of a cosine cycle, was used by none)."""
 
-    def _add(self, logs):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+    def _rate(self):
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_rate = self._rate()  # the rate the coming step applies
 
     def on_train_batch_end(self, batch, logs=None):
-        self._add(logs)
+        self._rates.append(self._step_rate)
+        if logs is not None:
+            logs["learning_rate"] = self._step_rate
 
     def on_epoch_end(self, epoch, logs=None):
-        self._add(logs)
+        if logs is not None and self._rates:
+            logs["learning_rate"] = float(np.mean(self._rates))
 
 
 class TrainingSummaries(keras.callbacks.Callback):
@@ -341,11 +351,19 @@ class OneEpochPerFit(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
-def previous_best(path, monitor):
+def previous_best_record(path):
+    """What ``BestModel`` recorded beside ``path``: ``{"epoch", <monitor>: value}``, or ``{}``."""
     try:
         with open(path + ".json", encoding="utf-8") as f:
-            return float(json.load(f)[monitor])
-    except (OSError, KeyError, ValueError):
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def previous_best(path, monitor):
+    try:
+        return float(previous_best_record(path)[monitor])
+    except (KeyError, TypeError, ValueError):
         return None
 
 

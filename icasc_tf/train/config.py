@@ -60,7 +60,12 @@ class TrainConfig:
     dataset: str = _data("cluttered_digits", "Dataset name: " + ", ".join(DATASETS) + ".")
     dataset_config: list = _data([], "Dataset builder options as key=value, e.g. train_per_class=60.")
     train_split: str = _data("train", "TFDS split to train on.")
-    eval_split: str = _data("test", "TFDS split to validate and evaluate on.")
+    validation_share: float = _data(0.1, "Share of --train_split held out (seeded, stratified by class) to validate on "
+                                    "and choose best.keras; 0 validates on the test split, as before (warned).")
+    validation_split: str = _data("", "A TFDS split to validate on instead of the held-out share (default: the "
+                                  "dataset's official validation split, ImageNet's and VOC's).")
+    test_split: str = _data("", "TFDS split reported at the end, for final.keras and best.keras (default: the "
+                            "dataset's test split).")
     image_size: int = _data(0, "Input size in pixels; 0 = the dataset's default.")
     data_dir: str = _data("", "TFDS data folder (default ~/tensorflow_datasets).")
     manual_dir: str = _data("", "Folder of source files TFDS cannot download (ImageNet, Caltech-256, "
@@ -155,6 +160,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "learning_rate", "lr_decay", "summary_every", "painless_width"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive; got {getattr(self, name)}.")
+        if not 0.0 <= self.validation_share < 1.0:
+            raise ValueError(f"--validation_share must be in [0, 1); got {self.validation_share}.")
         for name in ("steps_per_epoch", "eval_steps", "image_size", "painless_depth", "attention_images",
                      "attention_images_every", "checkpoint_every", "lr_step_every", "weight_decay", "momentum",
                      "painless_gamma", "attention_warmup"):

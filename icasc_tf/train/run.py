@@ -28,12 +28,13 @@ from icasc_tf.train.callbacks import (
     RunPosition,
     TrainingSummaries,
     previous_best,
+    previous_best_record,
 )
 from icasc_tf.train.config import TrainConfig
 from icasc_tf.train.files import atomic_save_model, atomic_write_json
 from icasc_tf.train.run_dir import RunDir
 from icasc_tf.train.strategy import is_chief, make_strategy, task_id
-from icasc_tf.train.stream import load_data
+from icasc_tf.train.stream import evaluation_split, load_data
 
 _log = logging.getLogger(__name__)
 # Layers trained with --head_lr_multiplier: the classifier and painless attention's modules.
@@ -126,9 +127,11 @@ class _Run:
     action: str  # "new", "resume" or "move_aside"
     start: tuple  # (epoch, step) the run starts at
     stream: object = None
-    evaluation: tf.data.Dataset = None
+    validation: tf.data.Dataset = None
+    test: tf.data.Dataset = None
+    test_info: object = None
     info: object = None
-    eval_info: object = None
+    validation_info: object = None
     steps: int = 0
     position: RunPosition = None
     checkpoint: ResumableCheckpoint = None
@@ -163,7 +166,14 @@ def _open_run(config, strategy):
 
 def _load_data(run):
     config = run.config
-    run.stream, run.evaluation, run.info, run.eval_info = load_data(config, run.strategy.num_replicas_in_sync)
+    run.stream, run.validation, run.info, run.validation_info = load_data(config, run.strategy.num_replicas_in_sync)
+    if run.stream.splits.validates_on_test:
+        _log.warning(
+            "--validation_share=0: validating on the test split %r, so best.keras is chosen on the numbers it "
+            "reports; final.keras's test numbers are the unbiased ones.", run.stream.splits.test,
+        )
+    # Loaded now (not iterated) so that a missing test split fails before any training.
+    run.test, run.test_info = evaluation_split(config, "test", run.stream.splits)
     run.steps = config.steps_per_epoch or run.stream.batches_per_pass
     # An epoch that starts inside a pass skips that pass's first batches: they must be the
     # ones trained before (mid-epoch resumes, epochs shorter or longer than a pass). Workers
@@ -209,6 +219,35 @@ def _build_model(run, header):
     run.position.start(*run.start)
 
 
+def _announce(run):
+    """One short block before the first epoch: the data, the model, the method, the run folder."""
+    config, info = run.config, run.info
+    if not config.verbose or not run.chief:
+        return
+    splits = run.stream.splits.describe()
+    model = run.model
+    weights = model.loss_weights
+    if model.attention_enabled:
+        method = (
+            f"ICASC {model.attention}, loss weights {' '.join(f'{w:g}' for w in weights)} (L_AS^in, L_AS^la, L_AC), "
+            f"{'second' if model.second_order else 'first'} order, layers {model.inner_layer} / {model.last_layer}"
+        )
+    else:
+        method = "baseline (no attention losses)"
+    shape = "x".join(str(d) for d in info.image_shape)
+    lines = [
+        f"data:   {config.dataset}, {info.num_classes} classes: train {info.num_examples} ({splits['train']}), "
+        f"validation {run.validation_info.num_examples} ({splits['validation']}), test {run.test_info.num_examples} "
+        f"({splits['test']})",
+        f"model:  {config.arch}{' + ' + config.weights + ' weights' if config.weights else ''}, "
+        f"{model.backbone.count_params() / 1e6:.2f} M parameters, {shape} input",
+        f"method: {method}",
+        f"run:    {config.model_dir}: {config.epochs} epochs x {run.steps} steps of {config.batch_size} images; "
+        f"best.keras chosen on validation {monitored_metric(info)[4:]}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
 def _callbacks(run, callbacks):
     """The run's callbacks in the order they must run, the caller's wrapped ``OncePerRun``.
 
@@ -235,7 +274,7 @@ def _callbacks(run, callbacks):
         ordered.append(AttentionWarmup(config.attention_warmup, run.steps, position=position))
     closers = [summaries]
     if config.attention_images and run.chief:
-        images, labels = _fixed_batch(run.evaluation, config.attention_images)
+        images, labels = _fixed_batch(run.validation, config.attention_images)
         attention_images = AttentionImages(
             log_dir, images, labels, run.info.class_names, multi_label=run.info.multi_label,
             every=config.attention_images_every, position=position,
@@ -258,7 +297,7 @@ def _train_epochs(run, ordered, callers, one_epoch):
             epochs=config.epochs,
             initial_epoch=epoch,
             steps_per_epoch=steps - skip,
-            validation_data=run.evaluation,
+            validation_data=run.validation,
             validation_steps=config.eval_steps or None,
             callbacks=ordered,
             verbose=config.verbose,
@@ -278,16 +317,43 @@ def _train_epochs(run, ordered, callers, one_epoch):
     return history
 
 
+def _test_results(run, final_results):
+    """final.keras and best.keras on the test split, looked at only now."""
+    config = run.config
+    test, steps = run.test, config.eval_steps or None
+    results = {"final": final_results(test, steps)}
+    best_path = run.run_dir.model_path("best")
+    # Under several workers every one must evaluate the same models in step; best.keras is the
+    # chief's and may not be in place for all of them: evaluate it with scripts/evaluate.py.
+    if os.path.exists(best_path) and config.strategy != "multi_worker":
+        with run.strategy.scope():
+            best = keras.models.load_model(best_path)
+        results["best"] = {
+            k: float(v) for k, v in best.evaluate(test, steps=steps, verbose=0, return_dict=True).items()
+        }
+    return results
+
+
 def _finish(run, history, train_seconds):
-    """Evaluate the final model, save it, and write metrics.json (which marks the run done)."""
+    """Evaluate the final model on validation and both models on test, save final.keras, and
+    write metrics.json (which marks the run done), every number under the split it is from."""
     config, model = run.config, run.model
-    results = model.evaluate(run.evaluation, steps=config.eval_steps or None, verbose=0, return_dict=True)
+    steps = config.eval_steps or None
+
+    def final_results(dataset, steps):
+        return {k: float(v) for k, v in model.evaluate(dataset, steps=steps, verbose=0, return_dict=True).items()}
+
+    validation = final_results(run.validation, steps)
     monitor = monitored_metric(run.info)
-    best_value = previous_best(run.run_dir.model_path("best"), monitor)
+    best_record = previous_best_record(run.run_dir.model_path("best"))
+    atomic_save_model(model, os.path.join(run.own_dir, "final.keras"))
     epoch, step = run.start
+    splits = run.stream.splits.describe()
     summary = {
-        "final": {k: float(v) for k, v in results.items()},
-        "best": {monitor: best_value} if best_value is not None else {},
+        "splits": splits,
+        "validation": {"split": splits["validation"], "final": validation, "best": best_record},
+        "test": {"split": splits["test"], **_test_results(run, final_results)},
+        "selected_on": monitor,
         "history": {k: [float(x) for x in v] for k, v in history.items()},
         "epochs_run": config.epochs - epoch,
         "resumed_at": {"epoch": epoch, "step": step} if run.action == "resume" else None,
@@ -295,11 +361,11 @@ def _finish(run, history, train_seconds):
         "train_seconds": train_seconds,
         "num_replicas": run.strategy.num_replicas_in_sync,
         "dataset": {
-            "name": run.info.name, "num_classes": run.info.num_classes,
-            "eval_examples": run.eval_info.num_examples,
+            "name": run.info.name, "num_classes": run.info.num_classes, "class_names": list(run.info.class_names),
+            "train_examples": run.info.num_examples, "validation_examples": run.validation_info.num_examples,
+            "test_examples": run.test_info.num_examples,
         },
     }
-    atomic_save_model(model, os.path.join(run.own_dir, "final.keras"))
     if run.chief:
         atomic_write_json(run.run_dir.metrics_path, summary)
     return summary
@@ -321,6 +387,7 @@ def run_training(config: TrainConfig, callbacks=(), header=()):
     run = _open_run(config, strategy)
     _load_data(run)
     _build_model(run, header)
+    _announce(run)
     ordered, callers, one_epoch, closers = _callbacks(run, callbacks)
     started = time.time()
     try:

@@ -1,10 +1,49 @@
-"""A run's training batches, in an order that depends on (seed, position) alone, so that a run
-resumed in the middle of an epoch replays exactly what it trained; and its validation batches."""
+"""A run's data: training batches in an order that depends on (seed, position) alone, so that a
+run resumed in the middle of an epoch replays exactly what it trained; the validation batches
+best.keras is chosen on; and the test split, looked at only at the end."""
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
 
 from icasc_tf.data import load_dataset
+from icasc_tf.data.registry import get_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Which data a run trains, validates and reports on."""
+
+    train: str
+    validation: str
+    test: str
+    hold_out: float  # > 0: validation is this share of ``train``, held out from training
+    seed: int  # of the held-out draw
+
+    @classmethod
+    def of(cls, config):
+        """--validation_split, else the dataset's official validation split, else a held-out
+        --validation_share of --train_split, else (share 0) the test split."""
+        spec = get_spec(config.dataset)
+        test = config.test_split or spec.test_split
+        validation = config.validation_split or spec.validation_split
+        if validation:
+            return cls(config.train_split, validation, test, 0.0, config.seed)
+        if config.validation_share > 0:
+            return cls(config.train_split, config.train_split, test, config.validation_share, config.seed)
+        return cls(config.train_split, test, test, 0.0, config.seed)
+
+    @property
+    def validates_on_test(self):
+        return not self.hold_out and self.validation == self.test
+
+    def describe(self):
+        """``{"train", "validation", "test"}``: each split as a reader should see it."""
+        if self.hold_out:
+            held = f"{self.hold_out:g} of {self.train} held out (seeded {self.seed}, stratified)"
+            return {"train": f"{self.train} without the validation share", "validation": held, "test": self.test}
+        return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
 def pass_seed(seed, index):
@@ -36,6 +75,7 @@ class TrainingStream:
 
     def __init__(self, config, replay=False):
         self.config = config
+        self.splits = Splits.of(config)
         self.replay = replay
         _, self.info = self._pass(0)
         self.batches_per_pass = self.info.num_examples // config.batch_size
@@ -50,7 +90,7 @@ class TrainingStream:
         return load_dataset(
             c.dataset, c.train_split, c.batch_size, training=True, seed=pass_seed(c.seed, index),
             deterministic=c.deterministic or self.replay, reshuffle_each_iteration=False,
-            **_data_options(c),
+            hold_out=self.splits.hold_out, hold_out_seed=self.splits.seed, **_data_options(c),
         )
 
     def batches(self, first, count):
@@ -80,16 +120,25 @@ def _shard_by_data(dataset):
     return dataset.with_options(options)
 
 
+def evaluation_split(config, which, splits=None):
+    """The ``"validation"`` or ``"test"`` batches of a run (no augmentation, the split's order)."""
+    splits = splits or Splits.of(config)
+    held_out = which == "validation" and splits.hold_out > 0
+    dataset, info = load_dataset(
+        config.dataset, getattr(splits, which), config.batch_size, training=False, seed=config.seed,
+        deterministic=config.deterministic, hold_out=splits.hold_out if held_out else 0.0,
+        hold_out_seed=splits.seed, held_out=held_out, **_data_options(config),
+    )
+    return _shard_by_data(dataset), info
+
+
 def load_data(config, num_replicas, replay=False):
-    """The training stream, the eval pipeline and their infos."""
+    """The training stream, the validation pipeline and their infos."""
     if config.batch_size % num_replicas:
         raise ValueError(
             f"--batch_size={config.batch_size} is not divisible by the {num_replicas} replicas; "
             f"use a multiple of {num_replicas}."
         )
     stream = TrainingStream(config, replay=replay)
-    evaluation, eval_info = load_dataset(
-        config.dataset, config.eval_split, config.batch_size, training=False, seed=config.seed,
-        deterministic=config.deterministic, **_data_options(config),
-    )
-    return stream, _shard_by_data(evaluation), stream.info, eval_info
+    validation, validation_info = evaluation_split(config, "validation", stream.splits)
+    return stream, validation, stream.info, validation_info
