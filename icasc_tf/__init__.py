@@ -10,10 +10,15 @@ from icasc_tf.attention import (
     grad_cam_plus_plus,
     pixel_wise_attention,
 )
+from icasc_tf.callbacks import AttentionImages, AttentionWarmup
+from icasc_tf.explain import explain
 from icasc_tf.model import ICASC
 
 __all__ = [
     "ICASC",
+    "AttentionImages",
+    "AttentionWarmup",
+    "explain",
     "channel_weighted_attention",
     "grad_cam",
     "grad_cam_plus_plus",

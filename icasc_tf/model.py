@@ -12,11 +12,11 @@ import tensorflow as tf
 
 from icasc_tf import method
 from icasc_tf.attention import get_attention
+from icasc_tf.explain import class_maps
 from icasc_tf.feature_maps import feature_layer
 from icasc_tf.keras_compat import LABEL_ERROR, KerasCompat
 from icasc_tf.lr_multipliers import GradientScales
 from icasc_tf.method import ATTENTION_TERMS, ZERO_MAP_TERMS
-from icasc_tf.selection import probabilities
 
 BN_MODES = ("batch", "exact")
 
@@ -287,28 +287,15 @@ class ICASC(KerasCompat, keras.Model):
           classes: optional ``[B]`` or ``[B, k]`` class ids; default: top-k predictions.
           attention: ``"ach"``, ``"gradcam"``, ``"apx"`` or ``"gradcampp"``; default the model's.
         Returns a dict of NumPy arrays: ``classes`` and ``probabilities`` ``[B, k]``,
-        ``inner`` ``[B, k, h_in, w_in]`` and ``last`` ``[B, k, h_la, w_la]``.
+        ``inner`` ``[B, k, h_in, w_in]`` and ``last`` ``[B, k, h_la, w_la]``. (One layer of any
+        Keras classifier: ``icasc_tf.explain``.)
         """
-        function = get_attention(attention or self.attention)
-        images = tf.convert_to_tensor(images, tf.float32)
-        if images.shape.rank != 4:
-            raise ValueError(f"images must be a [batch, height, width, channels] batch; got {tuple(images.shape)}.")
-        chosen = {}
-
-        def choose(logits):
-            probs = probabilities(logits, self.multi_label)
-            ids = tf.math.top_k(probs, k=top_k).indices if classes is None else tf.convert_to_tensor(classes, tf.int32)
-            ids = ids[:, None] if ids.shape.rank == 1 else ids
-            chosen.update(classes=ids, probabilities=tf.gather(probs, ids, batch_dims=1))
-            return [tf.one_hot(ids[:, j], self.num_classes) for j in range(ids.shape[1])]
-
-        f_inner, f_last, _, gradients = method.class_gradients(self._tap, images, choose, training=False)
-        maps = method.maps_from_gradients(function, f_inner, f_last, gradients)
+        maps = class_maps(
+            self._tap, images, attention or self.attention, classes=classes, top_k=top_k,
+            multi_label=self.multi_label,
+        )
         return {
-            "classes": chosen["classes"].numpy(),
-            "probabilities": chosen["probabilities"].numpy(),
-            "inner": tf.stack([inner for inner, _ in maps], axis=1).numpy(),
-            "last": tf.stack([last for _, last in maps], axis=1).numpy(),
+            "classes": maps["classes"], "probabilities": maps["probabilities"], "inner": maps["a"], "last": maps["b"],
         }
 
     # ------------------------------------------------------------------ saving

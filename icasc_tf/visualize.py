@@ -30,6 +30,7 @@ _CAPTION_TOP = 4  # white pixels above the first caption line
 _MARGIN = 5  # pixels around every tile; the ground-truth frame is drawn in it
 _FRAME_WIDTH = 4
 _GROUP_GAP = 10  # pixels between the rows of different images in top5_figure
+_LEGEND_HEIGHT = 36  # pixels of the colour legend under an attention panel
 
 
 def displayable_image(image):
@@ -173,6 +174,92 @@ def _check_tiles(tiles):
     return checked
 
 
+def _is_zero_map(attention):
+    return attention is not None and float(np.max(attention)) <= 0.0
+
+
+def _picture(base, attention, kind, alpha, cmap):
+    """A tile's pixels: the image, the map overlaid, or the mask in grey. An all-zero map (ReLU
+    removed everything) is drawn as the dimmed image, and its tile says so."""
+    if attention is None:
+        return base
+    _check_map(attention)
+    if _is_zero_map(attention):
+        return 0.35 * base + 0.65
+    if kind == "overlay":
+        return overlay(base, attention, alpha=alpha, cmap=cmap)
+    return _grey(attention, base.shape[:2])
+
+
+def _legend(width, cmap):
+    """A strip under a panel: what the colours mean."""
+    height = _LEGEND_HEIGHT
+    canvas = np.ones((height, width, 3), np.float32)
+    bar_left, bar_width = _MARGIN, max(width // 3, 40)
+    ramp = _colormap(cmap)(np.linspace(0.0, 1.0, bar_width))[:, :3]
+    canvas[_MARGIN : _MARGIN + 10, bar_left : bar_left + bar_width] = ramp[None]
+    grey = np.linspace(0.0, 1.0, bar_width)[:, None].repeat(3, axis=1)
+    canvas[_MARGIN + 14 : _MARGIN + 24, bar_left : bar_left + bar_width] = grey[None]
+    texts = [
+        (bar_left + bar_width + 6, _MARGIN + 5, "map: 0 \u2192 its own maximum"),
+        (bar_left + bar_width + 6, _MARGIN + 19, "mask: 0 \u2192 1"),
+    ]
+    return canvas, texts
+
+
+def render_grid(rows, tile_size=112, legend=False, cmap="jet"):
+    """Tiles in rows, each with a caption above it; returns ``np.uint8 [height, width, 3]``.
+
+    ``rows``: lists of cells ``(caption, pixels [S, S, 3] in [0, 1], note, framed)``; ``note``
+    (or None) is written on the tile (e.g. "all zero"), ``framed`` draws the green frame.
+    Captions are wrapped to the tile's width in at most 3 lines; ``legend`` adds a strip
+    saying what the colours mean. Every row is ``40 + tile_size + 10`` pixels high and
+    ``tile_size + 10`` per cell wide.
+    """
+    cell = tile_size + 2 * _MARGIN
+    caption_height = _CAPTION_TOP + _CAPTION_LINES * _LINE_HEIGHT
+    row_height = caption_height + cell
+    columns = max(len(row) for row in rows)
+    width = cell * columns
+    height = row_height * len(rows) + (_LEGEND_HEIGHT if legend else 0)
+    canvas = np.ones((height, width, 3), np.float32)
+    texts = []  # (x, y from the top, text, size, bold, horizontal alignment, vertical alignment)
+    max_chars = max(int(cell / _CHAR_WIDTH), 2)
+    for r, row in enumerate(rows):
+        top = r * row_height
+        for column, (caption, picture, note, framed) in enumerate(row):
+            left = column * cell
+            tile_top = top + caption_height + _MARGIN
+            if framed:
+                canvas[tile_top - _FRAME_WIDTH : tile_top + tile_size + _FRAME_WIDTH,
+                       left + _MARGIN - _FRAME_WIDTH : left + _MARGIN + tile_size + _FRAME_WIDTH] = FRAME_COLOR
+            canvas[tile_top : tile_top + tile_size, left + _MARGIN : left + _MARGIN + tile_size] = picture
+            lines = _caption_lines(str(caption or ""), max_chars)
+            for k, line in enumerate(lines):
+                # Bottom-aligned: the last line sits just above the tile.
+                y = top + caption_height - 2 - (len(lines) - 1 - k) * _LINE_HEIGHT
+                texts.append((left + cell / 2, y, line, _FONT_SIZE, column == 0 and r == 0, "center", "bottom"))
+            if note:
+                y = tile_top + tile_size / 2
+                texts.append((left + cell / 2, y, note, _FONT_SIZE + 1, True, "center", "center"))
+    if legend:
+        strip, legend_texts = _legend(width, cmap)
+        canvas[height - _LEGEND_HEIGHT :] = strip
+        top = height - _LEGEND_HEIGHT
+        texts += [(x, top + y, t, _FONT_SIZE, False, "left", "center") for x, y, t in legend_texts]
+
+    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    figure.figimage(canvas, xo=0, yo=0, origin="upper")
+    for x, y, text, size, bold, ha, va in texts:
+        figure.text(
+            x / width, 1.0 - y / height, text, ha=ha, va=va, fontsize=size, fontweight="bold" if bold else "normal"
+        )
+    agg = FigureCanvasAgg(figure)
+    agg.draw()
+    pixels = np.asarray(agg.buffer_rgba())[..., :3]
+    return _exact_size(pixels, height, width)
+
+
 def render_panel(image, tiles, title=None, framed=(), box=None, tile_size=112, alpha=0.5, cmap="jet"):
     """One row for one image: the image, then one tile per ``(caption, map_or_None, kind)``.
 
@@ -181,7 +268,7 @@ def render_panel(image, tiles, title=None, framed=(), box=None, tile_size=112, a
       tiles: ``(caption, map_or_None, kind)`` entries; ``kind`` ``"overlay"`` blends the
         map onto the image, ``"mask"`` draws a [0, 1] map in grey; a ``None`` map shows
         the image alone. Captions go above the tiles, wrapped to at most 3 lines
-        (``\\n`` starts a new line).
+        (``\\n`` starts a new line). An all-zero map shows the dimmed image, marked "all zero".
       title: caption of the image tile (e.g. the model's name and the true class).
       framed: indices into ``tiles`` to frame in green (the ground-truth classes).
       box: optional normalised ``[ymin, xmin, ymax, xmax]`` box(es), outlined on every tile.
@@ -194,50 +281,39 @@ def render_panel(image, tiles, title=None, framed=(), box=None, tile_size=112, a
     framed = set(int(i) for i in framed)
     if any(not 0 <= i < len(tiles) for i in framed):
         raise ValueError(f"framed holds {sorted(framed)}, but there are only {len(tiles)} tiles.")
-    size = (int(tile_size), int(tile_size))
-    base = _resize(displayable_image(image), size)
+    return render_grid([_row(image, title, tiles, framed, box, tile_size, alpha, cmap)], tile_size=tile_size)
+
+
+def _row(image, title, tiles, framed, box, tile_size, alpha, cmap):
+    """The cells of one image's row: the image first (``title`` None: no image cell)."""
+    base = _resize(displayable_image(image), (int(tile_size), int(tile_size)))
     boxes = _boxes_array(box)
-    pictures, captions = [base], [str(title or "")]
-    for caption, attention, kind in tiles:
-        if attention is None:
-            pictures.append(base)
-        elif kind == "overlay":
-            pictures.append(overlay(base, attention, alpha=alpha, cmap=cmap))
-        else:
-            pictures.append(_grey(attention, size))
-        captions.append(caption)
-
-    cell = tile_size + 2 * _MARGIN
-    caption_height = _CAPTION_TOP + _CAPTION_LINES * _LINE_HEIGHT
-    height, width = caption_height + cell, cell * len(pictures)
-    canvas = np.ones((height, width, 3), np.float32)
-    for column, picture in enumerate(pictures):
-        left = column * cell
-        if column - 1 in framed:
-            canvas[caption_height + _MARGIN - _FRAME_WIDTH : height - _MARGIN + _FRAME_WIDTH,
-                   left + _MARGIN - _FRAME_WIDTH : left + cell - _MARGIN + _FRAME_WIDTH] = FRAME_COLOR
-        picture = np.array(picture, np.float32)
+    cells = []
+    if title is not False:
+        picture = np.array(base, np.float32)
         _draw_boxes(picture, boxes)
-        canvas[caption_height + _MARGIN : caption_height + _MARGIN + tile_size,
-               left + _MARGIN : left + _MARGIN + tile_size] = picture
+        cells.append((str(title or ""), picture, None, False))
+    for index, (caption, attention, kind) in enumerate(tiles):
+        picture = np.array(_picture(base, attention, kind, alpha, cmap), np.float32)
+        _draw_boxes(picture, boxes)
+        note = "all zero" if _is_zero_map(attention) else None
+        cells.append((caption, picture, note, index in framed))
+    return cells
 
-    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
-    figure.figimage(canvas, xo=0, yo=0, origin="upper")
-    max_chars = max(int(cell / _CHAR_WIDTH), 2)
-    for column, caption in enumerate(captions):
-        lines = _caption_lines(caption, max_chars)
-        for row, line in enumerate(lines):
-            # Bottom-aligned: the last line sits just above the tile.
-            y = cell + 2 + (len(lines) - 1 - row) * _LINE_HEIGHT
-            figure.text(
-                (column * cell + cell / 2) / width, y / height, line,
-                ha="center", va="bottom", fontsize=_FONT_SIZE,
-                fontweight="bold" if column == 0 else "normal",
-            )
-    agg = FigureCanvasAgg(figure)
-    agg.draw()
-    pixels = np.asarray(agg.buffer_rgba())[..., :3]
-    return _exact_size(pixels, height, width)
+
+def attention_panel(image, caption, rows, box=None, tile_size=112, alpha=0.5, cmap="jet"):
+    """The TensorBoard panel of one image: the image captioned, then rows of map tiles.
+
+    ``rows``: lists of ``(caption, map_or_None, kind)`` tiles; the image is the first cell of
+    the first row, and each further row starts under it. Three cells a row at the default
+    tile size make a panel about 370 pixels wide, which TensorBoard shows at its own size.
+    A legend says what the colours mean; all-zero maps are marked on their tiles.
+    """
+    grid = []
+    for r, tiles in enumerate(rows):
+        cells = _row(image, caption if r == 0 else False, _check_tiles(tiles), set(), box, tile_size, alpha, cmap)
+        grid.append(cells)
+    return render_grid(grid, tile_size=tile_size, legend=True, cmap=cmap)
 
 
 def _exact_size(pixels, height, width):
