@@ -25,10 +25,10 @@ def test_sigkilled_run_resumes_mid_epoch_and_ends_with_an_uninterrupted_runs_ste
     run = tmp_path / "run"
     args = [
         sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--arch=resnet8",
-        "--dataset_config=num_train=128,num_test=16", "--batch_size=8", "--epochs=2", "--eval_steps=1",
+        "--dataset_config=num_train=142,num_test=16", "--batch_size=8", "--epochs=2", "--eval_steps=1",
         "--attention_images=0", "--verbose=0", "--checkpoint_every=4", f"--model_dir={run}",
         f"--data_dir={tmp_path / 'tfds'}",
-    ]  # 16 steps per epoch
+    ]  # 16 steps per epoch (142 minus the 14 held out for validation, in batches of 8)
     killed = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.time() + 120
     # A complete step checkpoint of the second epoch (temporary folders end in .tmp-PID).
@@ -66,10 +66,10 @@ class KillAtStep(keras.callbacks.Callback):
 
 def _config(tmp_path, name, **overrides):
     values = dict(
-        dataset_config=["num_train=56", "num_test=16"], arch="resnet8", epochs=2, batch_size=8,
+        dataset_config=["num_train=62", "num_test=16"], arch="resnet8", epochs=2, batch_size=8,
         eval_steps=1, attention_images=2, deterministic=True, checkpoint_every=3, verbose=0,
         model_dir=str(tmp_path / name), data_dir=str(tmp_path / "tfds"),
-    )  # 7 steps per epoch
+    )  # 7 steps per epoch (62 minus the 6 held out for validation, in batches of 8)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -94,7 +94,7 @@ def test_resumed_epoch_replays_its_batches_and_ends_with_the_same_weights(tmp_pa
 
 
 def test_stream_batches_are_a_function_of_seed_and_position(tmp_path):
-    config = _config(tmp_path, "unused", dataset_config=["num_train=32", "num_test=16"])
+    config = _config(tmp_path, "unused", dataset_config=["num_train=36", "num_test=16"])
     stream = TrainingStream(config, replay=True)
     assert stream.batches_per_pass == 4
 
@@ -106,7 +106,7 @@ def test_stream_batches_are_a_function_of_seed_and_position(tmp_path):
     assert everything[0:4] != everything[4:8]  # each pass its own order
     assert sorted(sum(everything[4:8], [])) == sorted(sum(everything[0:4], []))  # of the same examples
     with pytest.raises(ValueError, match="--batch_size=64 is larger than the 32 examples"):
-        TrainingStream(_config(tmp_path, "unused", dataset_config=["num_train=32", "num_test=16"], batch_size=64))
+        TrainingStream(_config(tmp_path, "unused", dataset_config=["num_train=36", "num_test=16"], batch_size=64))
 
 
 def test_a_stream_range_gives_the_same_batches_each_time_it_is_iterated(tmp_path):
@@ -116,7 +116,7 @@ def test_a_stream_range_gives_the_same_batches_each_time_it_is_iterated(tmp_path
     a pass boundary would train that pass's head from one permutation and the next epoch its
     rest from another (examples repeated and missed). Pass pipelines are built with
     ``reshuffle_each_iteration=False``."""
-    config = _config(tmp_path, "unused", dataset_config=["num_train=32", "num_test=16"])
+    config = _config(tmp_path, "unused", dataset_config=["num_train=36", "num_test=16"])
     dataset = TrainingStream(config, replay=True).batches(2, 4)  # pass 0's last two, pass 1's first two
 
     def labels():

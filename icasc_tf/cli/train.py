@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 
 from icasc_tf.train import config as run_config
+from icasc_tf.train.callbacks import CheckpointError, RunInterrupted
 from icasc_tf.train.recipes import resolve
 from icasc_tf.train.run import run_training
 
@@ -45,6 +46,12 @@ def _main(argv):
         config = resolution.config
         header = [resolution.recipe_line] if resolution.recipe_line else []
         summary = run_training(config, header=header)
+    except RunInterrupted as stopped:
+        print(f"train.py: {stopped}", file=sys.stderr, flush=True)
+        sys.exit(128 + stopped.signum)  # as the shell reports a process ended by that signal
+    except CheckpointError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(1)
     except (ValueError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(2)

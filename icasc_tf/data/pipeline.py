@@ -171,10 +171,11 @@ def train_pixel_mean(builder, spec: DatasetSpec, data_dir: str | None) -> np.nda
 def held_out_ids(builder, spec: DatasetSpec, split: str, share: float, seed: int, data_dir) -> list[str]:
     """The `tfds_id`s of a seeded, stratified `share` of `split`, set aside for validation.
 
-    Per class (the single label; multi-label data is drawn as one group), the examples are
-    ordered by a permutation seeded with (seed, class) and the first round(share * n) are
-    held out, so every class keeps its proportion. Computed once from the labels alone and
-    cached beside the prepared dataset.
+    round(share * N) examples in all, shared among the classes (the single label; multi-label
+    data is drawn as one group) in proportion to their sizes by largest remainder, so that
+    even classes too small for a whole example each get their fair part; within a class, the
+    examples held out are the first of a permutation seeded with (seed, class). Computed once
+    from the labels alone and cached beside the prepared dataset.
     """
     key = f"held-out-{re.sub(r'[^A-Za-z0-9]+', '_', split)}-{share:g}-{seed}.json"
     path = _cache_path(data_dir, builder, key)
@@ -189,11 +190,18 @@ def held_out_ids(builder, spec: DatasetSpec, split: str, share: float, seed: int
     for example in examples.as_numpy_iterator():
         group = -1 if spec.multi_label else int(example[spec.label_key])
         by_class.setdefault(group, []).append(example["tfds_id"].decode("utf-8"))
+    groups = sorted(by_class)
+    quotas = np.array([share * len(by_class[g]) for g in groups])
+    counts = np.floor(quotas).astype(int)
+    rng = np.random.default_rng([seed % 2**32, 0])
+    remainders = quotas - counts + 1e-9 * rng.random(len(groups))  # seeded tie-break
+    left = int(round(share * sum(len(ids) for ids in by_class.values()))) - int(counts.sum())
+    counts[np.argsort(-remainders)[:max(left, 0)]] += 1
     held_out = []
-    for group, ids in sorted(by_class.items()):
-        ids = sorted(ids)
-        order = np.random.default_rng([seed % 2**32, group + 1]).permutation(len(ids))
-        held_out += [ids[i] for i in order[: int(round(share * len(ids)))]]
+    for group, count in zip(groups, counts):
+        ids = sorted(by_class[group])
+        order = np.random.default_rng([seed % 2**32, group + 2]).permutation(len(ids))
+        held_out += [ids[i] for i in order[:count]]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as file:

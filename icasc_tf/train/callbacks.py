@@ -26,15 +26,21 @@ and ``evaluation_*_vs_iterations``.
 
 import glob
 import json
+import logging
 import os
 import re
 import shutil
+import signal
+import threading
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from icasc_tf.train.files import atomic_save_model, atomic_write_json
+from icasc_tf.train.files import atomic_save_model, atomic_write_json, fsync_tree
+
+_log = logging.getLogger(__name__)
 
 
 def scalar_logs(logs):
@@ -94,16 +100,29 @@ class RunPosition(keras.callbacks.Callback):
 _CHECKPOINT = re.compile(r"^epoch-(\d{4,})(?:-step-(\d+))?$")
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint could be read, or one could not be written; the message says what to do."""
+
+
+class _Mismatch(ValueError):
+    """A readable checkpoint written with other settings: not damage, so never set aside."""
+
+
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Weights + optimizer state + position, saved at each epoch end (and every N steps), atomically.
 
     A checkpoint is a folder, ``epoch-NNNN`` after NNNN complete epochs or
     ``epoch-NNNN-step-SSSSSSSS`` after NNNN epochs and SSSSSSSS steps of the next one, written
-    under a temporary name and renamed when complete, so a run killed at any instant finds
-    the last complete one. Once a new one is in place, all but the newest ``keep`` are
-    deleted. ``every`` > 0 adds the step checkpoints (it needs ``position``, the run's
-    ``RunPosition``). An epoch cut short (a NaN loss, a callback that stops training) and a
-    non-finite loss are not checkpointed: resuming would start from them.
+    under a temporary name, flushed to disk and renamed when complete, so a run killed at any
+    instant finds the last complete one. Once a new one is in place, all but the newest
+    ``keep`` are deleted. ``every`` > 0 adds the step checkpoints (it needs ``position``, the
+    run's ``RunPosition``). An epoch cut short (a NaN loss, a callback that stops training) and
+    a non-finite loss are not checkpointed: resuming would start from them.
+
+    ``restore`` loads the newest checkpoint that reads; a damaged one (a disk error, a copy cut
+    short) is named in a warning and set aside as ``<name>.unreadable-<time>``, never deleted,
+    and the next older one is used. A write that fails (a full disk) leaves the previous
+    checkpoints as they were and raises ``CheckpointError`` saying so.
     """
 
     def __init__(self, directory, keep=2, write=True, every=0, position=None):
@@ -129,84 +148,189 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         done = self.checkpoints()
         return done[-1][1] if done else None
 
-    def _saved(self):
+    def saved_position(self):
+        """The newest checkpoint's position as written, ``(0, 0)`` if none (``restore`` falls
+        back to an older one when it cannot be read)."""
         latest = self.latest()
         if latest is None:
-            return None, {}
+            return 0, 0
         with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
-            return latest, json.load(f)
-
-    def saved_position(self):
-        """(epochs done, steps done in the next epoch) of the latest checkpoint; (0, 0) if none."""
-        _, saved = self._saved()
+            saved = json.load(f)
         return int(saved.get("epochs_done", 0)), int(saved.get("step", 0))
 
     def restore(self, model, steps_per_epoch=None):
-        """Load the latest checkpoint into ``model`` (``saved_position()`` says where it stood).
+        """Load the newest readable checkpoint into ``model``; return its position
+        ``(epochs done, steps done in the next epoch)``, ``(0, 0)`` when there is none.
 
         A step checkpoint's position means something only with the steps per epoch it was
-        written with: another ``steps_per_epoch`` is an error.
+        written with, and the optimizer state only with the same optimizer: either mismatch
+        is an error, not damage.
         """
-        latest, saved = self._saved()
-        if latest is None:
-            return
-        if saved.get("step") and saved.get("steps_per_epoch") not in (None, steps_per_epoch):
-            raise ValueError(
-                f"{latest} was written mid-epoch with {saved['steps_per_epoch']} steps per epoch; this run has "
+        unreadable = []
+        for _, path in reversed(self.checkpoints()):
+            try:
+                return self._load(path, model, steps_per_epoch)
+            except _Mismatch:
+                raise
+            except Exception as error:  # h5py, NumPy, zipfile and json each raise their own
+                reason = f"{type(error).__name__}: {error}"
+                aside = self._set_aside(path) if self.write else None
+                _log.warning(
+                    "Checkpoint %s cannot be read (%s)%s; trying the one before it.",
+                    path, reason, f"; set aside as {aside}" if aside else "",
+                )
+                unreadable.append(f"{os.path.basename(path)} ({reason})")
+        if unreadable:
+            raise CheckpointError(
+                f"No checkpoint in {self.directory} can be read: {'; '.join(unreadable)}. They were set aside "
+                "(renamed *.unreadable-*), not deleted. Restore them from a copy, or start again with --overwrite."
+            )
+        return 0, 0
+
+    def _load(self, path, model, steps_per_epoch):
+        with open(os.path.join(path, "epoch.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        position = int(saved["epochs_done"]), int(saved.get("step", 0))
+        if position[1] and saved.get("steps_per_epoch") not in (None, steps_per_epoch):
+            raise _Mismatch(
+                f"{path} was written mid-epoch with {saved['steps_per_epoch']} steps per epoch; this run has "
                 f"{steps_per_epoch} (the training split changed?). Use another --model_dir, or --overwrite."
             )
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(latest, "state.weights.h5"))
+        state = {}
         if model.optimizer is not None:
             # Keras 3 weight files hold no optimizer state: momentum and the step (and so
-            # the learning-rate schedule's position) come from here.
-            with np.load(os.path.join(latest, "optimizer.npz")) as store:
+            # the learning-rate schedule's position) come from here. Read before any weight
+            # is assigned, so that a damaged file changes nothing.
+            with np.load(os.path.join(path, "optimizer.npz")) as store:
                 state = dict(store)
             if len(state) != len(model.optimizer.variables):
-                raise ValueError(
-                    f"{latest} holds {len(state)} optimizer variables, the optimizer has "
+                raise _Mismatch(
+                    f"{path} holds {len(state)} optimizer variables, the optimizer has "
                     f"{len(model.optimizer.variables)}: it was written with other optimizer settings."
                 )
+        model.load_weights(os.path.join(path, "state.weights.h5"))
+        if model.optimizer is not None:
             model.optimizer.load_own_variables(state)
+        return position
+
+    @staticmethod
+    def _set_aside(path):
+        aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(path, aside)
+        return aside
 
     def on_train_batch_end(self, batch, logs=None):
         position = self.position
         if not (self.write and self.every) or position.epoch_complete or position.step % self.every:
             return  # the epoch checkpoint follows the epoch's last step
         if _finite_loss(logs):
-            self._save(position.epoch, position.step, logs)
+            self.save(position.epoch, position.step, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         complete = self.position is None or self.position.epoch_complete
         if self.write and complete and _finite_loss(logs):
-            self._save(epoch + 1, 0, logs)
+            self.save(epoch + 1, 0, logs)
 
-    def _save(self, epochs_done, step, logs):
+    def save(self, epochs_done, step, logs=None):
+        """Write the checkpoint of this position; returns its path."""
         os.makedirs(self.directory, exist_ok=True)
         name = f"epoch-{epochs_done:04d}" + (f"-step-{step:08d}" if step else "")
         final = os.path.join(self.directory, name)
         tmp = f"{final}.tmp-{os.getpid()}"
         for stale in glob.glob(os.path.join(self.directory, "*.tmp-*")):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run (one chief writes)
-        os.makedirs(tmp)
-        self.model.save_weights(os.path.join(tmp, "state.weights.h5"))
-        store = {}
-        self.model.optimizer.save_own_variables(store)
-        np.savez(os.path.join(tmp, "optimizer.npz"), **store)
-        position = {"epochs_done": epochs_done, "step": step}
-        if self.position is not None:
-            position["steps_per_epoch"] = self.position.steps_per_epoch
-        with open(os.path.join(tmp, "epoch.json"), "w", encoding="utf-8") as f:
-            json.dump({**position, "logs": scalar_logs(logs)}, f)
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run (the run folder is locked)
+        try:
+            os.makedirs(tmp)
+            self.model.save_weights(os.path.join(tmp, "state.weights.h5"))
+            store = {}
+            self.model.optimizer.save_own_variables(store)
+            np.savez(os.path.join(tmp, "optimizer.npz"), **store)
+            position = {"epochs_done": epochs_done, "step": step}
+            if self.position is not None:
+                position["steps_per_epoch"] = self.position.steps_per_epoch
+            with open(os.path.join(tmp, "epoch.json"), "w", encoding="utf-8") as f:
+                json.dump({**position, "logs": scalar_logs(logs)}, f)
+            fsync_tree(tmp)
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = self.latest()
+            raise CheckpointError(
+                f"Could not write checkpoint {name} in {self.directory} ({type(error).__name__}: "
+                f"{' '.join(str(error).split())}); "
+                + (f"the previous checkpoint {os.path.basename(previous)} is intact. " if previous else "")
+                + "Free disk space, then start the same command again to resume."
+            ) from error
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        fsync_tree(self.directory, files=False)
         for _, old in self.checkpoints()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+class RunInterrupted(Exception):
+    """A signal stopped the run after a checkpoint; ``str()`` says where and how to resume."""
+
+    def __init__(self, signum, epoch, step, checkpoint):
+        self.signum = signum
+        name = signal.Signals(signum).name
+        saved = f"checkpoint {os.path.basename(checkpoint)} written" if checkpoint else "no new checkpoint"
+        super().__init__(
+            f"stopped by {name} at epoch {epoch + 1}, step {step} ({saved}); "
+            "run the same command again to resume there."
+        )
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """SIGTERM (schedulers, preemptible machines) and SIGINT (Ctrl-C) stop the run cleanly: the
+    current step finishes, a step checkpoint is written (after the epoch's last step, the epoch
+    checkpoint is), and ``RunInterrupted`` ends the run. A second Ctrl-C stops at once. Use as
+    a context manager around training (it installs its handlers in the main thread only); put
+    it after the checkpoint and TensorBoard callbacks."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpoint, position):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.position = position
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: now
+        self.received = signum
+
+    def on_train_batch_end(self, batch, logs=None):
+        position = self.position
+        if self.received is None or position.epoch_complete:
+            return  # at the epoch's end the epoch checkpoint comes first (on_epoch_end)
+        saved = None
+        if self.checkpoint.write and _finite_loss(logs):
+            saved = self.checkpoint.save(position.epoch, position.step, logs)
+        raise RunInterrupted(self.received, position.epoch, position.step, saved)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.received is not None:
+            raise RunInterrupted(self.received, epoch + 1, 0, self.checkpoint.latest())
 
 
 class BestModel(keras.callbacks.Callback):
-    """Save the whole model (``.keras``) whenever ``monitor`` improves, atomically."""
+    """Save the whole model (``.keras``) whenever ``monitor`` improves, atomically; never from an
+    epoch whose loss or monitored value is not finite (a diverged epoch)."""
 
     def __init__(self, path, monitor, mode="max", write=True, best=None):
         super().__init__()
@@ -214,8 +338,11 @@ class BestModel(keras.callbacks.Callback):
         self.best = best
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        logs = logs or {}
+        value = logs.get(self.monitor)
         if value is None or not self.write:
+            return
+        if not all(np.all(np.isfinite(logs[k])) for k in (self.monitor, "loss", "val_loss") if k in logs):
             return
         value = float(value)
         better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)

@@ -23,3 +23,19 @@ def atomic_save_model(model, path):
     tmp = f"{path}.tmp-{os.getpid()}.keras"
     model.save(tmp)
     os.replace(tmp, path)
+
+
+def fsync_tree(path, files=True):
+    """Flush a folder's files (``files``) and the folder itself to disk, so that a rename that
+    follows publishes complete files even after a power loss."""
+    if files:
+        for name in os.listdir(path):
+            file_path = os.path.join(path, name)
+            if os.path.isfile(file_path):
+                with open(file_path, "rb") as f:
+                    os.fsync(f.fileno())
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -5,6 +5,7 @@ the data, build (or restore) the model, assemble the callbacks, train epoch by e
 finish. Everything a run makes lives in its ``RunDir`` (``config.model_dir``).
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -26,13 +27,14 @@ from icasc_tf.train.callbacks import (
     OneEpochPerFit,
     ResumableCheckpoint,
     RunPosition,
+    StopOnSignal,
     TrainingSummaries,
     previous_best,
     previous_best_record,
 )
 from icasc_tf.train.config import TrainConfig
 from icasc_tf.train.files import atomic_save_model, atomic_write_json
-from icasc_tf.train.run_dir import RunDir
+from icasc_tf.train.run_dir import RunDir, RunLock
 from icasc_tf.train.strategy import is_chief, make_strategy, task_id
 from icasc_tf.train.stream import evaluation_split, load_data
 
@@ -154,14 +156,15 @@ def _set_up_runtime(config):
     return strategy
 
 
-def _open_run(config, strategy):
-    """The run folder checked (read-only) and where the run starts."""
+def _open_run(config, strategy, lock):
+    """The run folder locked (chief) and checked; where the run starts is known once the
+    checkpoints are read (``_build_model``)."""
     run_dir = RunDir(config.model_dir)
+    chief = is_chief(strategy)
+    if chief:
+        lock.acquire()
     action = run_dir.check(config)
-    start = (0, 0)
-    if action == "resume":
-        start = ResumableCheckpoint(run_dir.checkpoints).saved_position()
-    return _Run(config, strategy, run_dir, is_chief(strategy), action, start)
+    return _Run(config, strategy, run_dir, chief, action, (0, 0))
 
 
 def _load_data(run):
@@ -175,13 +178,6 @@ def _load_data(run):
     # Loaded now (not iterated) so that a missing test split fails before any training.
     run.test, run.test_info = evaluation_split(config, "test", run.stream.splits)
     run.steps = config.steps_per_epoch or run.stream.batches_per_pass
-    # An epoch that starts inside a pass skips that pass's first batches: they must be the
-    # ones trained before (mid-epoch resumes, epochs shorter or longer than a pass). Workers
-    # shard the batches by position, so they must agree on the order too.
-    run.stream.replay = bool(
-        config.checkpoint_every or run.start[1] or run.steps % run.stream.batches_per_pass
-        or config.strategy == "multi_worker"
-    )
     run.position = RunPosition(run.steps)
     # Every worker resumes from the chief's checkpoints; only the chief writes them.
     run.checkpoint = ResumableCheckpoint(
@@ -189,7 +185,7 @@ def _load_data(run):
     )
 
 
-def _build_model(run, header):
+def _build_model(run, header, lock):
     """Build and compile the model; write the run's options (chief); restore a resumed run."""
     config = run.config
     # Seeded again here: preparing a dataset (the first run on a data_dir) draws from the
@@ -204,10 +200,12 @@ def _build_model(run, header):
         # Nothing is written before the model builds, so a bad option leaves no trace.
         if run.chief:
             if run.action == "move_aside":
-                _log.warning("Moved the previous run in %s to %s.", run.run_dir.path, run.run_dir.move_aside())
+                aside = run.run_dir.move_aside()
+                lock.acquire()  # the lock file went with the old folder: lock the new one
+                _log.warning("Moved the previous run in %s to %s.", run.run_dir.path, aside)
             run.run_dir.write_options(config, header)
         if run.action == "resume":
-            run.checkpoint.restore(model, steps_per_epoch=run.steps)
+            run.start = run.checkpoint.restore(model, steps_per_epoch=run.steps)
     run.model = model
     if run.action == "resume":
         epoch, step = run.start
@@ -381,21 +379,37 @@ def run_training(config: TrainConfig, callbacks=(), header=()):
     ``epochs`` are the run's, so Keras's progress bar counts the run's epochs. ``callbacks``
     still see one ``on_train_begin`` and one ``on_train_end`` per run (``OncePerRun``), so
     Keras's EarlyStopping and ReduceLROnPlateau keep their state across epochs.
+
+    Faults: the run folder is locked for the run (``RunLockedError`` for a second one);
+    SIGTERM/SIGINT write a step checkpoint and raise ``RunInterrupted``; a damaged newest
+    checkpoint is set aside for the one before it; a diverged epoch writes no best.keras and
+    raises ValueError; a failed checkpoint write raises ``CheckpointError`` with the previous
+    checkpoint intact.
     """
     config.validate()
     strategy = _set_up_runtime(config)
-    run = _open_run(config, strategy)
-    _load_data(run)
-    _build_model(run, header)
-    _announce(run)
-    ordered, callers, one_epoch, closers = _callbacks(run, callbacks)
-    started = time.time()
+    lock = RunLock(RunDir(config.model_dir))
     try:
-        history = _train_epochs(run, ordered, callers, one_epoch)
+        run = _open_run(config, strategy, lock)
+        _load_data(run)
+        _build_model(run, header, lock)
+        _announce(run)
+        ordered, callers, one_epoch, closers = _callbacks(run, callbacks)
+        stopper = StopOnSignal(run.checkpoint, run.position)
+        ordered.insert(len(ordered) - 1, stopper)  # after the checkpoint and TensorBoard, before the per-fit stop
+        started = time.time()
+        try:
+            with stopper if config.strategy != "multi_worker" else contextlib.nullcontext():
+                history = _train_epochs(run, ordered, callers, one_epoch)
+        finally:
+            for closer in closers:
+                closer.close()
+        return _finish(run, history, time.time() - started)
+    except BaseException:
+        lock.discard_if_unused()
+        raise
     finally:
-        for closer in closers:
-            closer.close()
-    return _finish(run, history, time.time() - started)
+        lock.release()
 
 
 def _fixed_batch(dataset, count):

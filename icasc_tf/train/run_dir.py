@@ -11,8 +11,10 @@ The training run, the evaluation and figure commands and the study all read a ru
 """
 
 import dataclasses
+import fcntl
 import json
 import os
+import socket
 import time
 
 from icasc_tf.train.config import NOT_PART_OF_RUN, TrainConfig
@@ -23,6 +25,10 @@ MODELS = ("best", "final")
 
 class RunExistsError(ValueError):
     """model_dir holds another run (or a finished one) that must not be overwritten."""
+
+
+class RunLockedError(RunExistsError):
+    """Another process is training into the same run folder."""
 
 
 class RunDirError(ValueError):
@@ -151,6 +157,55 @@ class RunDir:
         """The run's ``best`` or ``final`` model; ``RunDirError`` naming the file if it is missing
         or unreadable."""
         return load_model_file(self.model_path(which), finished=self.finished)
+
+
+class RunLock:
+    """One run per folder: an OS lock (``flock``) on ``<model_dir>/.lock``, taken before anything
+    else is written and released by the OS when the process ends, however it ends (so a
+    SIGKILLed run leaves no stale lock). The file names the holder (host, pid, start time) for
+    the error a second run gets."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.created = False  # the folder did not exist before the lock made it
+        self._descriptor = None
+
+    def acquire(self):
+        """Lock the folder (creating it), or raise ``RunLockedError`` naming the holder."""
+        self.release()
+        path = self.run_dir.path
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            self.created = True
+        descriptor = os.open(self.run_dir.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(descriptor, 512).decode("utf-8", "replace").strip() or "another process"
+            os.close(descriptor)
+            raise RunLockedError(
+                f"{path} is in use by another run ({holder}); nothing in it was touched. Wait for that run to "
+                "end (or stop it), or use another --model_dir."
+            ) from None
+        os.ftruncate(descriptor, 0)
+        holder = f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.write(descriptor, holder.encode("utf-8"))
+        os.fsync(descriptor)
+        self._descriptor = descriptor
+
+    def release(self):
+        if self._descriptor is not None:
+            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    def discard_if_unused(self):
+        """After a run that failed before writing anything: remove the folder the lock made."""
+        path = self.run_dir.path
+        if self.created and os.path.isdir(path) and os.listdir(path) == [os.path.basename(self.run_dir.lock_path)]:
+            self.release()
+            os.remove(self.run_dir.lock_path)
+            os.rmdir(path)
 
 
 def load_model_file(path, finished=True):

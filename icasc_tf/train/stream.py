@@ -66,14 +66,14 @@ class TrainingStream:
     --steps_per_epoch epoch e is pass e. Each pass is its own ``load_dataset`` pipeline
     seeded with ``pass_seed(seed, p)``, so the order of any batch depends on (seed, g) alone
     and a run resumed at epoch E, step S rebuilds E's passes and skips the S batches it has
-    trained. With ``replay`` the pipeline's element order is deterministic (tf.data
-    ``deterministic``; ops are not made deterministic by it), so the replay is exact;
-    ``run_training`` sets it whenever an epoch can start inside a pass (--checkpoint_every,
-    a mid-epoch resume, --steps_per_epoch not a multiple of P). Without it tf.data's parallel
-    maps may reorder neighbouring examples, as in any run.
+    trained. The pipeline's element order is deterministic (tf.data ``deterministic``; ops
+    are not made deterministic by it), so the replay is exact wherever a run stops: a step
+    checkpoint, a signal, a mid-epoch resume, several workers sharding batches by position.
+    ``replay=False`` lets tf.data's parallel maps reorder neighbouring examples (a little
+    faster; no exact replay).
     """
 
-    def __init__(self, config, replay=False):
+    def __init__(self, config, replay=True):
         self.config = config
         self.splits = Splits.of(config)
         self.replay = replay
@@ -132,7 +132,7 @@ def evaluation_split(config, which, splits=None):
     return _shard_by_data(dataset), info
 
 
-def load_data(config, num_replicas, replay=False):
+def load_data(config, num_replicas, replay=True):
     """The training stream, the validation pipeline and their infos."""
     if config.batch_size % num_replicas:
         raise ValueError(
