@@ -181,6 +181,10 @@ def test_pretrained_lite0_names_real_photographs(keras_home):
     assert {n: top1[n] for n in EXPECTED_TOP1} == EXPECTED_TOP1
     # A random-init model of the same shape is nowhere near as sure.
     assert probs.max(1).mean() > 0.4
+    # An image's outputs do not depend on the batch it is in (inference-mode BatchNormalization).
+    alone = np.concatenate([model(batch[i : i + 1], training=False).numpy() for i in range(len(batch))])
+    together = model(batch, training=False).numpy()
+    np.testing.assert_allclose(alone, together, rtol=1e-4, atol=1e-4 * np.abs(together).max())
 
 
 def test_new_head_keeps_the_pretrained_body(keras_home):
@@ -214,3 +218,45 @@ def test_imagenet_class_names_follow_the_synset_order():
         labels = pathlib.Path(tfds.__file__).parent / "image_classification" / "imagenet2012_labels.txt"
     synsets = labels.read_text().split()
     assert len(synsets) == 1000 and synsets == sorted(synsets) and synsets[281] == "n02123045"
+
+
+@pytest.mark.slow
+def test_fine_tuning_lite0_on_cluttered_fashion_writes_tensorboard_panels(tmp_path):
+    """scripts/train.py with --weights=imagenet and the default summary settings, on cluttered
+    Fashion-MNIST drawn from small IDX files written here."""
+    import subprocess
+    import sys
+
+    from icasc_tf.data import fashion_mnist
+
+    files = tmp_path / "fashion"
+    files.mkdir()
+    rng = np.random.default_rng(0)
+    for split, (images_name, labels_name) in fashion_mnist.FILES.items():
+        count = 60 if split == "train" else 20
+        fashion_mnist.write_idx(str(files / images_name), rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        fashion_mnist.write_idx(str(files / labels_name), np.arange(count, dtype=np.uint8) % 10)
+    run = tmp_path / "run"
+    root = pathlib.Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts" / "train.py"), "--dataset=cluttered_fashion",
+         "--arch=efficientnet_lite0", "--weights=imagenet", "--dataset_config=num_train=72,num_test=24",
+         "--epochs=2", "--steps_per_epoch=2", "--batch_size=8", "--eval_steps=1", "--learning_rate=0.01",
+         f"--manual_dir={files}", f"--data_dir={tmp_path / 'tfds'}", f"--model_dir={run}", "--verbose=2"],
+        capture_output=True, text=True, cwd=root, timeout=600,
+        env={**os.environ, "KERAS_HOME": str(tmp_path / "keras")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model:  efficientnet_lite0 + imagenet weights" in result.stdout and "recipe:" not in result.stdout
+    def steps(folder):
+        found = {}
+        for path in (run / "logs" / folder).glob("events.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    found.setdefault(value.tag, []).append(event.step)
+        return found
+
+    assert steps("attention") == {f"attention/{i:02d}": [1, 2] for i in range(6)}
+    validation = steps("validation")
+    for tag in ("epoch_accuracy", "epoch_as_last", "epoch_zero_target_last"):
+        assert validation[tag] == [1, 2], tag

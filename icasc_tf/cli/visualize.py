@@ -1,5 +1,8 @@
-"""Draw the papers' top-5 attention figure (ICCV Figs. 2 and 10) for trained models.
+"""Draw the papers' top-5 attention figure (ICCV Figs. 2 and 10) for trained models, or the maps
+of an ImageNet-pretrained backbone on photographs (no training needed).
 
+    python scripts/visualize.py --pretrained=efficientnet_lite0              # photos that ship with packages
+    python scripts/visualize.py --pretrained=efficientnet_lite0 --photos=my_photos/,cat.jpg
     python scripts/visualize.py --model_dir=runs/icasc                       # 4 test images
     python scripts/visualize.py --model_dir=runs/icasc --compare_model_dir=runs/baseline \\
         --images=0,5,17 --attention=gradcam --layer=inner --output=figures/top5.png
@@ -7,7 +10,9 @@
 Each image gets one row per model (the --compare_model_dir row above the --model_dir
 row): the image, then its top-5 classes' attention maps with probabilities; ground-truth
 classes are framed in green, the dataset's boxes outlined in magenta. The dataset, its
-options and folders default to those in the model_dir's config.json.
+options and folders default to those in the model_dir's config.json. With --pretrained, each
+photograph gets rows of its top-5 ImageNet classes: A_ch and Grad-CAM at ICASC's inner and
+last layers.
 """
 
 import os
@@ -15,13 +20,20 @@ import re
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
+from icasc_tf import ICASC
+from icasc_tf.backbones import IMAGENET_BACKBONES, build_backbone
+from icasc_tf.backbones.efficientnet_lite import VARIANTS
+from icasc_tf.backbones.imagenet_classes import imagenet_class_names
 from icasc_tf.data import load_dataset
 from icasc_tf.data.registry import get_spec
+from icasc_tf.photos import bundled_photos, center_square, load_photos, photo_attention_figure
 from icasc_tf.train import TrainConfig
 from icasc_tf.train.run_dir import MODELS, RunDir, load_model_file
 from icasc_tf.visualize import top5_figure
+
+NATIVE_SIZES = {name: resolution for name, (_, _, resolution) in VARIANTS.items()}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", "", "Training run folder (holds best.keras, final.keras, config.json).")
@@ -40,7 +52,15 @@ flags.DEFINE_list("dataset_config", None, "Dataset builder options key=value (de
 flags.DEFINE_string("data_dir", None, "TFDS data folder (default: the run's).")
 flags.DEFINE_string("manual_dir", None, "Folder of manual downloads (default: the run's).")
 flags.DEFINE_bool("boxes", True, "Outline the dataset's boxes where it has them.")
-flags.DEFINE_string("output", "", "PNG path (default: <model folder>/top5_<split>_<attention>_<layer>.png).")
+flags.DEFINE_string("output", "", "PNG path (default: <model folder>/top5_<split>_<attention>_<layer>.png, or "
+                    "photos_<arch>.png with --pretrained).")
+flags.DEFINE_string("pretrained", "", "An ImageNet-pretrained backbone (e.g. efficientnet_lite0): draw its maps on "
+                    "--photos instead of a trained run's.")
+flags.DEFINE_list("photos", [], "Image files or folders for --pretrained (default: the photographs that ship "
+                  "with scikit-learn, matplotlib and scikit-image).")
+flags.DEFINE_integer(
+    "image_size", 0, "--pretrained: input side in pixels (default: the backbone's own, 224 for lite0)."
+)
 
 
 class UserError(ValueError):
@@ -122,7 +142,26 @@ def load_examples(dataset, split, indices, *, data_dir, manual_dir, image_size, 
     return images, labels, boxes, info
 
 
+def run_pretrained():
+    """The photographs' top-5 classes with A_ch and Grad-CAM maps of an ImageNet backbone."""
+    if FLAGS.model_dir or FLAGS.model or FLAGS.compare_model_dir or FLAGS.compare_model:
+        raise UserError("--pretrained draws an ImageNet backbone's maps; it takes no --model_dir or --model.")
+    arch = FLAGS.pretrained
+    if arch not in IMAGENET_BACKBONES:
+        raise UserError(f"--pretrained={arch}: ImageNet weights exist for {', '.join(IMAGENET_BACKBONES)}.")
+    size = FLAGS.image_size or NATIVE_SIZES.get(arch, 224)
+    photos = load_photos(FLAGS.photos) if FLAGS.photos else bundled_photos()
+    squares = {name: center_square(photo, size) for name, photo in photos.items()}
+    spec = build_backbone(arch, 1000, (size, size, 3), weights="imagenet")
+    model = ICASC(spec.model, **spec.icasc_layers())
+    output = FLAGS.output or f"photos_{arch}.png"
+    photo_attention_figure(model, squares, imagenet_class_names(), path=output, top_k=FLAGS.top_k)
+    return output
+
+
 def run():
+    if FLAGS.pretrained:
+        return run_pretrained()
     main_path = _model_path(FLAGS.model_dir, FLAGS.model, FLAGS.which_model)
     models = {}
     if FLAGS.compare_model_dir or FLAGS.compare_model:
@@ -170,6 +209,8 @@ def run():
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)  # TFDS's info and deprecation lines bury the result
     try:
         output = run()
     except (ValueError, FileNotFoundError) as error:

@@ -13,7 +13,8 @@ Rules, when the command line has no ``--flagfile``:
   images per class): the one whose ``--dataset_config`` the command line gives, else the
   first by file name (``_n30`` before ``_n60``). None: D's designated recipe without its
   backbone options (``--arch``, ``--arch_options``), with ``--model_dir=runs/D_A``.
-- Recipes that change the method (``--baseline``, painless attention) are never picked.
+- Recipes that change the method (``--baseline``, painless attention) and the study's regimes
+  (``study_*.flags``, for ``scripts/study.py``) are never picked.
 - Taken from a recipe: every flag it sets except ``--weights`` (the pretrained file is
   the user's to give), ``--model_dir`` included. A flag given on the command line wins.
 - The run prints one line naming the recipe (``recipe_line``); a fine-tuning recipe (one
@@ -55,6 +56,7 @@ NO_RECIPE_DATASETS = ("cluttered_digits",)
 NOT_FROM_RECIPE = ("weights",)  # the user's to give
 BACKBONE_OPTIONS = ("arch", "arch_options")  # not carried over to another backbone
 METHOD_CHANGES = ("baseline", "painless_depth")  # recipes of another arm: never picked
+STUDY_PREFIX = "study_"  # the study's regimes (scripts/study.py --flagfile=...): never picked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +138,7 @@ def find_recipe(dataset, arch=None, dataset_config=None):
     candidates = [
         r for r in recipes()
         if r.values.get("dataset") == dataset and not any(r.values.get(k) for k in METHOD_CHANGES)
+        and not r.name.startswith(STUDY_PREFIX)
     ]
     designated = next((r for r in candidates if r.name == DATASET_RECIPES.get(dataset)), None)
     if arch is None:
