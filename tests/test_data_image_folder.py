@@ -3,7 +3,6 @@
 import contextlib
 import hashlib
 import io
-import logging
 import os
 import types
 
@@ -57,26 +56,12 @@ def _snapshot(root):
     return state
 
 
-class _Messages(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @contextlib.contextmanager
 def _captured():
-    """The module's warnings and what preparation prints."""
-    handler, stdout = _Messages(), io.StringIO()
-    logger = logging.getLogger(image_folder_module.__name__)
-    logger.addHandler(handler)
-    try:
-        with contextlib.redirect_stdout(stdout):
-            yield types.SimpleNamespace(handler=handler, stdout=stdout)
-    finally:
-        logger.removeHandler(handler)
+    """What preparation prints: its summary (stdout) and its warnings (stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        yield types.SimpleNamespace(stderr=stderr, stdout=stdout)
 
 
 def _prepare(root, data_dir, **options):
@@ -96,7 +81,7 @@ def _prepare(root, data_dir, **options):
         examples=examples,
         stored={ex["image/filename"].decode(): ex["image"] for ex in as_stored.as_numpy_iterator()},
         all={**examples["train"], **examples["test"]},
-        warnings=captured.handler.messages,
+        warnings=[line for line in captured.stderr.getvalue().splitlines() if line.startswith("warning: ")],
         stdout=captured.stdout.getvalue(),
     )
 
@@ -394,3 +379,49 @@ def test_pixel_limits_refuse_huge_non_jpegs_and_downscale_huge_jpegs(monkeypatch
     with pytest.raises(image_folder_module.UnusableImage, match="too large"):
         prepare_image(buffer.getvalue(), max_side=60)
     assert Image.MAX_IMAGE_PIXELS == 1000  # PIL's own setting is restored
+
+
+@pytest.mark.slow
+def test_the_command_line_trains_evaluates_and_draws_a_users_folder(tmp_path):
+    """scripts/train.py --dataset=image_folder --manual_dir=PATH, then evaluate.py and visualize.py on
+    the run, as on any other: class names from the folders, a broken file skipped and named."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.script_output import our_lines
+
+    rng = np.random.default_rng(3)
+    tree = tmp_path / "my photos"
+    for name, color in (("cats", RED), ("dogs", GREEN), ("fish", BLUE)):
+        _photos(rng, tree / name, 12, color)
+    (tree / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = tmp_path / "run"
+
+    def script(name, *args):
+        return subprocess.run(
+            [sys.executable, os.path.join(root, "scripts", name), *args],
+            capture_output=True, text=True, cwd=root, timeout=600,
+        )
+
+    trained = script(
+        "train.py", "--dataset=image_folder", f"--manual_dir={tree}", "--arch=resnet8", "--image_size=32",
+        "--epochs=1", "--batch_size=8", "--attention_images=2", f"--model_dir={run}",
+        f"--data_dir={tmp_path / 'tfds'}", "--verbose=2",
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "broken.jpg" in trained.stderr + trained.stdout  # skipped and named once
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"]["class_names"] == ["cats", "dogs", "fish"]
+    evaluated = script("evaluate.py", f"--model_dir={run}")
+    assert evaluated.returncode == 0, our_lines(evaluated.stderr)[-5:]
+    results = json.loads((run / "eval_test.json").read_text())
+    assert results["split"] == "test" and results["examples"] == metrics["dataset"]["test_examples"] > 0
+    drawn = script("visualize.py", f"--model_dir={run}", "--num_images=2")
+    assert drawn.returncode == 0, our_lines(drawn.stderr)[-5:]
+    assert glob_one(run, "top5_test_ach_last.png")
+
+
+def glob_one(folder, name):
+    return (folder / name).is_file()

@@ -39,6 +39,7 @@ import math
 import os
 import re
 import stat
+import sys
 import unicodedata
 import warnings
 
@@ -69,6 +70,11 @@ PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera's JPEG with extra frames; TensorFlow reads the first
 _OPTION_NAMES = ("test_share", "data_seed", "max_side")
 _log = logging.getLogger(__name__)
+
+
+def _warn(message, *args):
+    """What preparation left out, told once on stderr (a run's absl logging may hide warnings)."""
+    print(f"warning: {message % args}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,7 +445,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         names = sorted(name for name, files in usable[train_source].items() if files)
         where = os.path.join(listing.root, listing.folders.get("train", ""))
         if dropped:
-            _log.warning("image_folder: dropped class folder(s) of %s without a readable image: %s", where,
+            _warn("image_folder: dropped class folder(s) of %s without a readable image: %s", where,
                          _names(dropped))
         if len(names) < 2:
             raise _missing(
@@ -467,10 +473,10 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         tested = {label for _, label in pairs["test"]}
         without_test = [name for label, name in enumerate(names) if label not in tested]
         if without_test:
-            _log.warning("image_folder: class(es) without test images (they are trained on, never tested): %s",
+            _warn("image_folder: class(es) without test images (they are trained on, never tested): %s",
                          _names(without_test, 20))
         if listing.ignored:
-            _log.warning("image_folder: not read, being outside the class folders of %s: %s", listing.root,
+            _warn("image_folder: not read, being outside the class folders of %s: %s", listing.root,
                          _names(listing.ignored))
         self.info.features["label"].names = names
         self.info.metadata.update(
@@ -515,7 +521,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         skipped = sorted(self._skipped)
         self.info.metadata.update(skipped_files=[list(item) for item in skipped], **self._stats)
         if skipped:
-            _log.warning(
+            _warn(
                 "image_folder: skipped %d file(s) of %s that are not readable images: %s (all in metadata.json "
                 "of image_folder/%s).", len(skipped), config.folder, _names(f"{p} ({r})" for p, r in skipped),
                 config.name,
