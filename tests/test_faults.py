@@ -5,6 +5,7 @@ room (a file-size limit set on the process, which the kernel enforces like a ful
 import glob
 import json
 import os
+import pathlib
 import re
 import resource
 import signal
@@ -66,7 +67,7 @@ def test_a_second_run_is_refused_and_sigterm_saves_the_step_the_next_run_resumes
     run, command = RunDir(config.model_dir), _command(config)  # 400 steps per epoch
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert _wait_for(lambda: os.path.exists(os.path.join(run.logs, "train")), first), "the run never started"
-    holder = open(run.lock_path).read()
+    holder = pathlib.Path(run.lock_path).read_text()
     options = os.stat(run.config_path).st_mtime_ns
 
     second = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -75,7 +76,7 @@ def test_a_second_run_is_refused_and_sigterm_saves_the_step_the_next_run_resumes
     assert error.startswith(f"train.py: error: {run.path} is in use by another run (host ")
     assert f"pid {first.pid}," in error and holder in error
     # The first run untouched: still training, its lock and options as it wrote them.
-    assert first.poll() is None and open(run.lock_path).read() == holder
+    assert first.poll() is None and pathlib.Path(run.lock_path).read_text() == holder
     assert os.stat(run.config_path).st_mtime_ns == options
 
     first.send_signal(signal.SIGTERM)
@@ -147,7 +148,7 @@ def test_a_diverged_epoch_writes_no_best_model_and_keeps_the_last_good_checkpoin
     with pytest.raises(ValueError, match="Training diverged \\(NaN loss\\) in epoch 2"):
         run_training(config, callbacks=[PoisonAtEpoch(1)])
     run = RunDir(config.model_dir)
-    assert json.loads(open(run.model_path("best") + ".json").read())["epoch"] == 1
+    assert json.loads(pathlib.Path(run.model_path("best") + ".json").read_text())["epoch"] == 1
     assert np.all(np.isfinite(run.load_model("best").get_weights()[-2]))
     assert [os.path.basename(p) for _, p in ResumableCheckpoint(run.checkpoints).checkpoints()] == ["epoch-0001"]
     assert not run.finished

@@ -468,7 +468,7 @@ def test_keras_compat_warns_on_an_untested_keras(monkeypatch):
     from icasc_tf import keras_compat
 
     monkeypatch.setattr(keras, "__version__", "3.99.0")
-    with pytest.warns(UserWarning, match=r"tested with Keras 3\.15; this is Keras 3\.99\.0"):
+    with pytest.warns(UserWarning, match=r"tested with Keras 3\.12, 3\.13, 3\.14, 3\.15; this is Keras 3\.99\.0"):
         keras_compat._check_keras_version()
     monkeypatch.setattr(keras, "__version__", "3.15.1")
     with warnings.catch_warnings():

@@ -207,7 +207,8 @@ def test_flagfiles_parse_and_validate(path, tmp_path, monkeypatch):
         (tmp_path / config.weights).write_bytes(b"")
     config.validate()
     assert config.epochs > 0 and config.model_dir.startswith("runs/")
-    header = open(path).readline()
+    with open(path, encoding="utf-8") as f:
+        header = f.readline()
     assert header.startswith("# ")
 
 

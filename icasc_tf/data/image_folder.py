@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import logging
 import math
 import os
 import re
@@ -69,7 +68,6 @@ SHOWN = 5  # names shown in one warning line
 PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera's JPEG with extra frames; TensorFlow reads the first
 _OPTION_NAMES = ("test_share", "data_seed", "max_side")
-_log = logging.getLogger(__name__)
 
 
 def _warn(message, *args):
