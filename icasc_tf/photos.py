@@ -11,7 +11,9 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from matplotlib import cbook
 from PIL import Image
+from sklearn.datasets import load_sample_images
 
 from icasc_tf.visualize import render_panel
 
@@ -23,7 +25,7 @@ _GROUP_GAP = 12
 
 
 def _skimage_photos():
-    try:
+    try:  # scikit-image is optional (the test and lite extras install it)
         import skimage.data
     except ImportError:
         return {}
@@ -34,9 +36,6 @@ def _skimage_photos():
 
 def bundled_photos():
     """``{name: uint8 [H, W, 3]}``: photographs that ship inside installed packages."""
-    from matplotlib import cbook
-    from sklearn.datasets import load_sample_images
-
     photos = dict(zip(("china", "flower"), load_sample_images().images))
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         photos["grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))

@@ -191,19 +191,27 @@ def _picture(base, attention, kind, alpha, cmap):
     return _grey(attention, base.shape[:2])
 
 
-def _legend(width, cmap):
-    """A strip under a panel: what the colours mean."""
-    height = _LEGEND_HEIGHT
-    canvas = np.ones((height, width, 3), np.float32)
-    bar_left, bar_width = _MARGIN, max(width // 3, 40)
-    ramp = _colormap(cmap)(np.linspace(0.0, 1.0, bar_width))[:, :3]
-    canvas[_MARGIN : _MARGIN + 10, bar_left : bar_left + bar_width] = ramp[None]
-    grey = np.linspace(0.0, 1.0, bar_width)[:, None].repeat(3, axis=1)
-    canvas[_MARGIN + 14 : _MARGIN + 24, bar_left : bar_left + bar_width] = grey[None]
-    texts = [
-        (bar_left + bar_width + 6, _MARGIN + 5, "map: 0 \u2192 its own maximum"),
-        (bar_left + bar_width + 6, _MARGIN + 19, "mask: 0 \u2192 1"),
-    ]
+def _legend(width, cmap, marks=None):
+    """A strip under a panel saying what the colours mean: ``(pixels, [(x, y, text)])``.
+
+    ``marks``: the top-5 figure's key instead of the mask's, ``"frame"`` or ``"frame and box"``.
+    """
+    canvas = np.ones((_LEGEND_HEIGHT, width, 3), np.float32)
+    left, bar = _MARGIN, max(width // 3, 40)
+    canvas[_MARGIN : _MARGIN + 10, left : left + bar] = _colormap(cmap)(np.linspace(0.0, 1.0, bar))[:, :3][None]
+    texts = [(left + bar + 6, _MARGIN + 5, "map: 0 \u2192 its own maximum")]
+    if marks is None:
+        canvas[_MARGIN + 14 : _MARGIN + 24, left : left + bar] = np.linspace(0.0, 1.0, bar)[None, :, None]
+        texts.append((left + bar + 6, _MARGIN + 19, "mask: 0 \u2192 1"))
+        return canvas, texts
+    keys = [(FRAME_COLOR, "frame: a true class")]
+    if "box" in marks:
+        keys.append((BOX_COLOR, "box: the object's box"))
+    key_left = max(min(left + bar + 210, width - 160), left + bar + 6)
+    for row, (colour, text) in enumerate(keys):
+        top = _MARGIN + 1 + 14 * row
+        canvas[top : top + 9, key_left : key_left + 14] = colour
+        texts.append((key_left + 20, top + 4, text))
     return canvas, texts
 
 
@@ -324,6 +332,18 @@ def _exact_size(pixels, height, width):
     return out
 
 
+def _legend_strip(width, with_boxes):
+    """The top-5 figure's key: the colour scale, the green frame and (with boxes) the magenta box."""
+    canvas, texts = _legend(width, "jet", marks="frame and box" if with_boxes else "frame")
+    figure = Figure(figsize=(width / _DPI, _LEGEND_HEIGHT / _DPI), dpi=_DPI)
+    figure.figimage(canvas, xo=0, yo=0, origin="upper")
+    for x, y, text in texts:
+        figure.text(x / width, 1.0 - y / _LEGEND_HEIGHT, text, ha="left", va="center", fontsize=_FONT_SIZE)
+    agg = FigureCanvasAgg(figure)
+    agg.draw()
+    return _exact_size(np.asarray(agg.buffer_rgba())[..., :3], _LEGEND_HEIGHT, width)
+
+
 def _named_models(models):
     if isinstance(models, dict):
         named = dict(models)
@@ -424,6 +444,7 @@ def top5_figure(models, images, labels, class_names=None, attention="ach", path=
             gap[_GROUP_GAP // 2] = 160  # a grey rule between images
             rows.append(gap)
     width = max(row.shape[1] for row in rows)
+    rows.append(_legend_strip(width, boxes is not None))
     figure = np.concatenate(
         [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
     )

@@ -304,3 +304,29 @@ def test_logged_learning_rate_is_the_mean_rate_each_epoch_used(tmp_path):
     used = [float(schedule(step)) for step in range(4)]
     np.testing.assert_allclose(summary["history"]["learning_rate"], [np.mean(used[:2]), np.mean(used[2:])], rtol=1e-6)
     assert summary["history"]["learning_rate"][-1] > 0.01  # not the 0 left after the last step
+
+
+def test_help_lists_the_runs_own_flags_by_group_and_exits_0():
+    result = _train_script("--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert text.startswith("usage: python scripts/train.py [--flag=value ...]")
+    groups = [text.index(f"\n{group}:\n") for group in ("data", "model", "ICASC", "training", "output")]
+    assert groups == sorted(groups)  # in this order
+    for line in ("  --dataset=cluttered_digits", "  --validation_share=0.1", "  --attention=ach  [ach|gradcam|apx]",
+                 "  --second_order=true  (or --nosecond_order)", "  --model_dir=runs/default"):
+        assert line in text, line
+    assert "METHOD" not in text and "--logtostderr" not in text  # no document the user lacks, no absl flags
+
+
+def test_a_run_raises_no_python_warning_but_kerass_known_one(tmp_path):
+    """The only warning a run raises is Keras 3.15's NumPy ``copy=`` deprecation (filtered in
+    pytest.ini, with the reason)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(tiny_config(tmp_path))
+    others = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
+              if "doesn't accept a copy keyword" not in str(w.message)]
+    assert others == []

@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TILE = 112
 CELL = TILE + 10  # tile plus its margins
 CAPTION = 40  # caption band above the tiles
+KEY = 36  # the key under a top-5 figure (colour scale, frame, box)
 GREEN = tuple(round(255 * c) for c in FRAME_COLOR)
 
 
@@ -103,15 +104,17 @@ def test_top5_figure_rows_per_model_and_image_with_ground_truth_framed(tmp_path)
         path=str(path), boxes=np.array([[0.1, 0.1, 0.6, 0.6]] * 2, np.float32),
     )
     panel_height = CAPTION + CELL
-    assert figure.shape == (4 * panel_height + 10, 6 * CELL, 3)
+    assert figure.shape == (4 * panel_height + 10 + KEY, 6 * CELL, 3)
     written = np.asarray(Image.open(path).convert("RGB"))
     np.testing.assert_array_equal(written, figure)
     assert written.std() > 10
+    key = figure[-KEY:]
+    assert (np.all(key == GREEN, axis=-1).sum() > 50) and (np.all(key == (255, 0, 255), axis=-1).sum() > 50)
     # ICASC's row of image 0 (the second row) frames its top-1 class, the first map tile.
     frame_row = panel_height + CAPTION + 2
     assert tuple(figure[frame_row, CELL + CELL // 2]) == GREEN
     inner = top5_figure(icasc, images[:1], [top1[0]], None, attention="gradcampp", layer="inner", top_k=3)
-    assert inner.shape == (panel_height, 4 * CELL, 3)
+    assert inner.shape == (panel_height + KEY, 4 * CELL, 3)
     with pytest.raises(ValueError, match="choose one of last, inner"):
         top5_figure(icasc, images, top1, layer="middle")
     with pytest.raises(ValueError, match="labels has 1 entries for 2 images"):
@@ -155,7 +158,7 @@ def test_script_draws_baseline_over_icasc_from_the_runs_dataset(run_dirs):
     path = run_dirs / "icasc" / "top5_test_ach_last.png"
     assert f"wrote {path}" in result.stdout
     figure = np.asarray(Image.open(path).convert("RGB"))
-    assert figure.shape == (4 * (CAPTION + CELL) + 10, 6 * CELL, 3)  # 2 images x 2 models
+    assert figure.shape == (4 * (CAPTION + CELL) + 10 + KEY, 6 * CELL, 3)  # 2 images x 2 models
     assert figure.std() > 10
 
 

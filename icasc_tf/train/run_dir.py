@@ -17,6 +17,9 @@ import os
 import socket
 import time
 
+import keras
+
+import icasc_tf  # noqa: F401  (registers ICASC, the backbones' and painless attention's layers)
 from icasc_tf.train.config import NOT_PART_OF_RUN, TrainConfig
 from icasc_tf.train.files import atomic_write_text
 
@@ -210,10 +213,6 @@ class RunLock:
 
 def load_model_file(path, finished=True):
     """A saved ``.keras`` model (icasc_tf's layers registered), or ``RunDirError`` naming the file."""
-    import keras
-
-    import icasc_tf  # noqa: F401  (registers ICASC, the backbones' and painless attention's layers)
-
     if not os.path.isfile(path):
         hint = "" if finished else " The run has not finished: train it to the end first."
         raise RunDirError(f"{path} does not exist.{hint}")

@@ -1,0 +1,48 @@
+"""Installed like a library: a non-editable install carries the recipes and the console commands,
+and works from any folder (the wheel built from this checkout, installed into a fresh folder)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_recipes_and_the_commands(tmp_path):
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = wheels.glob("icasc_tf-*.whl")
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(site), str(wheel)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}  # ahead of the editable checkout on sys.path
+    probe = (
+        "import icasc_tf, icasc_tf.train.recipes as r;"
+        "print(icasc_tf.__file__); print(r.flags_dir());"
+        "print(r.config_from_argv(['train.py', '--dataset=caltech256']).recipe_line)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=elsewhere, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    package_file, flags_dir, recipe = result.stdout.strip().splitlines()[-3:]
+    assert package_file.startswith(str(site)) and flags_dir == str(site / "icasc_tf" / "flags")
+    assert recipe.startswith("recipe: ") and "caltech256_resnet18_n30.flags" in recipe
+    command = site / "bin" / "icasc-train"
+    helped = subprocess.run([str(command), "--help"], capture_output=True, text=True, cwd=elsewhere, env=env,
+                            timeout=300)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: "), helped.stderr[-2000:]
+    for name in ("icasc-evaluate", "icasc-visualize"):
+        assert (site / "bin" / name).is_file()
