@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
+from absl import logging as absl_logging
 
 from icasc_tf import method
 from icasc_tf.data import load_dataset
@@ -161,6 +162,8 @@ COLUMNS = (
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's info lines bury the table
     if not FLAGS.runs:
         print("attention_placement.py: error: give --runs=DIR[,DIR...]", file=sys.stderr)
         sys.exit(2)
@@ -175,7 +178,6 @@ def main(argv):
     boxes = batch[2] if cluttered else None
     threshold = FLAGS.ink_threshold
     if threshold < 0:
-
         textured = cluttered and FLAGS.background == "textured"
         threshold = 0.05 + (ClutteredDigitsConfig.background_contrast if textured else 0.0)
     # Ink is judged on the pixels as drawn: the cifar recipe (Fashion-MNIST) subtracts the
