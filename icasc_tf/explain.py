@@ -129,7 +129,8 @@ def explain(model, images, layer=None, method="gradcam", classes=None, top_k=1, 
         layer = candidates[-1]
     features = feature_layer(classifier, layer, "layer").output
     scores, multi_label = _logits(classifier, output)
-    tap = keras.Model(classifier.inputs, [features, features, scores])
+    inputs = classifier.inputs[0] if len(classifier.inputs) == 1 else classifier.inputs  # as the model is called
+    tap = keras.Model(inputs, [features, features, scores])
     maps = class_maps(tap, images, method, classes=classes, top_k=top_k, multi_label=multi_label)
     return {
         "maps": maps["b"],

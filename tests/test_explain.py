@@ -23,7 +23,7 @@ def _images(n=4, seed=0):
 
 def _features_and_gradients(model, layer, images, classes):
     """F at ``layer`` and dY_c/dF of the logits, with a tape of our own."""
-    tap = keras.Model(model.inputs, [model.get_layer(layer).output, model.outputs[0]])
+    tap = keras.Model(model.input, [model.get_layer(layer).output, model.outputs[0]])
     with tf.GradientTape() as tape:
         features, logits = tap(images, training=False)
         score = tf.reduce_sum(logits * tf.one_hot(classes, logits.shape[-1]), axis=-1)
