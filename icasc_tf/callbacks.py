@@ -8,9 +8,9 @@ import numpy as np
 import tensorflow as tf
 
 from icasc_tf import painless, visualize
-from icasc_tf.explain import default_layers, explain
+from icasc_tf.explain import default_layers, explain, predicted_probabilities
 from icasc_tf.losses import target_mask
-from icasc_tf.selection import confusing_class, probabilities
+from icasc_tf.selection import confusing_class
 
 
 class AttentionWarmup(keras.callbacks.Callback):
@@ -73,11 +73,11 @@ class AttentionImages(keras.callbacks.Callback):
       class_names: one name per class (default: class ids).
       layers: names of 4-D feature layers (default: ICASC's inner and last, else the last one).
       method: the map (``icasc_tf.explain``'s methods; default: ICASC's own, else ``"gradcam"``).
-      output: ``"logits"`` or ``"probabilities"`` (the model's last layer applies softmax/sigmoid).
+      output: as in ``explain``: ``"auto"`` recognises a last layer that applies softmax/sigmoid.
       display: the images as they should be shown (default ``images``, rescaled to [0, 1]).
     """
 
-    def __init__(self, log_dir, images, labels, class_names=None, layers=None, method=None, output="logits",
+    def __init__(self, log_dir, images, labels, class_names=None, layers=None, method=None, output="auto",
                  multi_label=False, display=None, every=0, position=None):
         super().__init__()
         if every and position is None:
@@ -102,7 +102,7 @@ class AttentionImages(keras.callbacks.Callback):
     def _maps(self, classes):
         """``{layer: [B, 2, h, w]}`` for the (true, most confusing) classes, and the layers' labels."""
         model = self.model
-        icasc = hasattr(model, "inner_layer") and hasattr(model, "last_layer")
+        icasc = self._is_icasc()
         layers = self.layers or default_layers(model)
         if icasc and layers == [model.inner_layer, model.last_layer]:
             maps = model.attention_maps(self.images, classes=classes, attention=self.method)
@@ -113,13 +113,14 @@ class AttentionImages(keras.callbacks.Callback):
             for layer in layers
         }
 
+    def on_train_begin(self, logs=None):
+        """Fail before the first epoch, not at its end, on a model whose maps cannot be drawn."""
+        for layer in self.layers or default_layers(self.model):
+            explain(self.model, self.images[:1], layer=layer, method=self.method or "gradcam", output=self.output)
+
     def _probabilities(self):
-        # A direct call, not predict(): under MultiWorkerMirroredStrategy predict() gathers across
-        # workers, and only the chief draws the images.
-        outputs = keras.ops.convert_to_numpy(self.model(self.images, training=False))
-        if self.output == "probabilities":
-            return outputs
-        return probabilities(outputs, self.multi_label).numpy()
+        # Only the chief draws the images: a direct call (predict() gathers across workers).
+        return predicted_probabilities(self.model, self.images, self.output, self.multi_label)
 
     def _panels(self):
         model = self.model
@@ -170,13 +171,16 @@ class AttentionImages(keras.callbacks.Callback):
         return tiles
 
     def _painless_outputs(self):
-        backbone = getattr(self.model, "backbone", self.model)
+        backbone = self.model.backbone if self._is_icasc() else self.model
         if not any(layer.name.startswith(painless.PREFIX) for layer in backbone.layers):
             return None
         if self._probe is None:
             self._probe = painless.painless_probe(backbone)
         out = self._probe(self.images, training=False)
         return {"masks": [np.asarray(m) for m in out["masks"]], "gates": np.asarray(out["gates"])}
+
+    def _is_icasc(self):
+        return all(hasattr(self.model, name) for name in ("backbone", "inner_layer", "last_layer"))
 
     def _name(self, index):
         if self.class_names is None or index >= len(self.class_names):

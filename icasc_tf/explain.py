@@ -16,7 +16,7 @@ from icasc_tf.attention import ATTENTION_FUNCTIONS, get_attention
 from icasc_tf.feature_maps import feature_layer, feature_map_names
 from icasc_tf.selection import probabilities as class_probabilities
 
-OUTPUTS = ("logits", "probabilities")
+OUTPUTS = ("auto", "logits", "probabilities")
 _SQUASHING = {"softmax": False, "sigmoid": True}  # activation name -> multi-label probabilities
 
 
@@ -58,10 +58,13 @@ def class_maps(tap, images, attention, classes=None, top_k=1, multi_label=False)
     }
 
 
+def _is_icasc(model):
+    return all(hasattr(model, name) for name in ("backbone", "inner_layer", "last_layer"))
+
+
 def _classifier(model):
     """The Keras classifier inside ``model`` (an ICASC model's backbone, else the model)."""
-    inner = getattr(model, "backbone", None)
-    model = inner if isinstance(inner, keras.Model) else model
+    model = model.backbone if _is_icasc(model) else model
     if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
         raise ValueError(
             "explain needs a functional or Sequential Keras model built on a keras.Input (so its layers "
@@ -75,35 +78,68 @@ def _classifier(model):
     return model
 
 
-def _logits(model, output):
-    """The pre-softmax scores of ``model`` as a symbolic tensor, and whether they are multi-label.
+def _squashing(layer):
+    """``"softmax"``/``"sigmoid"`` when ``layer`` turns scores into probabilities, else None."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    name = getattr(getattr(layer, "activation", None), "__name__", "")
+    return name if name in _SQUASHING else None
 
-    With ``output="probabilities"`` the last layer must squash with softmax or sigmoid: a
-    ``Softmax``/``Activation`` layer (its input is taken) or a layer with that activation (a
-    copy of it without activation, sharing its weights, gives the scores).
+
+def _scores(model, output):
+    """The pre-activation class scores of ``model`` (a symbolic tensor) and whether they are
+    sigmoid (multi-label) scores.
+
+    ``"auto"``: when the last layer applies softmax or sigmoid, the scores before it (a
+    ``Softmax``/``Activation`` layer's input, or a copy of a Dense layer without activation,
+    sharing its weights); otherwise the output itself. ``"probabilities"`` insists on such a
+    last layer; ``"logits"`` takes the output as it is.
     """
     last = model.layers[-1]
-    if output == "logits":
+    squash = _squashing(last)
+    if output == "logits" or (output == "auto" and squash is None):
         return model.outputs[0], False
-    activation = getattr(last, "activation", None)
-    name = getattr(activation, "__name__", "")
-    if isinstance(last, keras.layers.Softmax):
-        return last.input, False
-    if isinstance(last, keras.layers.Activation) and name in _SQUASHING:
-        return last.input, _SQUASHING[name]
-    if name in _SQUASHING and hasattr(last, "kernel"):
-        config = {**last.get_config(), "activation": "linear", "name": f"{last.name}_scores"}
-        linear = last.__class__.from_config(config)
-        scores = linear(last.input)
-        linear.set_weights(last.get_weights())
-        return scores, _SQUASHING[name]
-    raise ValueError(
-        f"output='probabilities' needs a last layer that applies softmax or sigmoid; {last.name!r} is a "
-        f"{type(last).__name__} with activation {name or None}. Pass output='logits' if it outputs scores."
-    )
+    if squash is None:
+        raise ValueError(
+            f"output='probabilities' needs a last layer that applies softmax or sigmoid; {last.name!r} is a "
+            f"{type(last).__name__}. Pass output='logits' (or 'auto') if it outputs scores."
+        )
+    if isinstance(last, (keras.layers.Softmax, keras.layers.Activation)):
+        return last.input, _SQUASHING[squash]
+    if not hasattr(last, "kernel"):
+        raise ValueError(f"Cannot take the scores before {last.name!r}'s {squash}: end the model with a Dense layer "
+                         "and a separate Softmax/Activation layer, or pass output='logits'.")
+    config = {**last.get_config(), "activation": "linear", "name": f"{last.name}_scores"}
+    linear = last.__class__.from_config(config)
+    scores = linear(last.input)
+    linear.set_weights(last.get_weights())
+    return scores, _SQUASHING[squash]
 
 
-def explain(model, images, layer=None, method="gradcam", classes=None, top_k=1, output="logits"):
+def _feature_layer(classifier, layer):
+    """The named 4-D layer of the model's own graph (default: the last one that is not a nested
+    model, whose layers this graph cannot reach)."""
+    nested = {sub.name for sub in classifier.layers if isinstance(sub, keras.Model)}
+    if layer is None:
+        candidates = [name for name in feature_map_names(classifier) if name not in nested]
+        if not candidates:
+            raise ValueError(
+                f"{classifier.name!r} has no 4-D feature layer of its own"
+                + (f" (its feature maps are inside the nested model(s) {', '.join(sorted(nested))})" if nested else "")
+                + ": build it functionally, e.g. keras.Model(base.input, head(base.output)), so that explain can "
+                "tap a layer by name."
+            )
+        layer = candidates[-1]
+    if layer in nested:
+        raise ValueError(
+            f"layer={layer!r} is a nested model: explain taps layers of {classifier.name!r}'s own graph. Build the "
+            f"classifier functionally from it (keras.Model({layer}.input, head({layer}.output))) and name one of "
+            "its layers."
+        )
+    return feature_layer(classifier, layer, "layer")
+
+
+def explain(model, images, layer=None, method="gradcam", classes=None, top_k=1, output="auto"):
     """Class activation maps of a Keras classifier's images, at one of its feature layers.
 
     Args:
@@ -112,8 +148,9 @@ def explain(model, images, layer=None, method="gradcam", classes=None, top_k=1, 
       layer: name of a layer with a 4-D ``[batch, h, w, channels]`` output; default the last one.
       method: ``"gradcam"``, ``"ach"``, ``"gradcampp"`` or ``"apx"``.
       classes: ``[B]`` or ``[B, k]`` class ids; default the ``top_k`` predicted classes.
-      output: ``"logits"`` (the model outputs scores) or ``"probabilities"`` (its last layer
-        applies softmax or sigmoid; the maps still come from the pre-activation scores).
+      output: ``"auto"`` (a last layer applying softmax or sigmoid is recognised), ``"logits"``
+        (the model outputs scores) or ``"probabilities"`` (insist on softmax/sigmoid). The maps
+        always come from the pre-activation scores; probabilities are softmax (sigmoid) of them.
     Returns a dict of NumPy arrays: ``"maps"`` ``[B, k, h, w]`` (unnormalised, at the layer's
     resolution), ``"classes"`` and ``"probabilities"`` ``[B, k]``, and ``"layer"``, its name.
     """
@@ -122,29 +159,34 @@ def explain(model, images, layer=None, method="gradcam", classes=None, top_k=1, 
     if method not in ATTENTION_FUNCTIONS:
         raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(ATTENTION_FUNCTIONS)}.")
     classifier = _classifier(model)
-    if layer is None:
-        candidates = feature_map_names(classifier)
-        if not candidates:
-            raise ValueError(f"{classifier.name!r} has no layer with a 4-D feature map: nothing to explain.")
-        layer = candidates[-1]
-    features = feature_layer(classifier, layer, "layer").output
-    scores, multi_label = _logits(classifier, output)
+    feature = _feature_layer(classifier, layer)
+    scores, multi_label = _scores(classifier, output)
     inputs = classifier.inputs[0] if len(classifier.inputs) == 1 else classifier.inputs  # as the model is called
-    tap = keras.Model(inputs, [features, features, scores])
+    tap = keras.Model(inputs, [feature.output, feature.output, scores])
     maps = class_maps(tap, images, method, classes=classes, top_k=top_k, multi_label=multi_label)
     return {
         "maps": maps["b"],
         "classes": maps["classes"],
         "probabilities": maps["probabilities"],
-        "layer": layer,
+        "layer": feature.name,
     }
 
 
+def predicted_probabilities(model, images, output="auto", multi_label=False):
+    """The model's class probabilities of ``images`` (inference mode): its own output when its last
+    layer applies softmax or sigmoid (``output`` as in ``explain``), else softmax (sigmoid with
+    ``multi_label``) of its scores. A direct call, not ``predict`` (which gathers across workers)."""
+    outputs = keras.ops.convert_to_numpy(model(images, training=False))
+    if output == "probabilities" or (output == "auto" and _squashing(_classifier(model).layers[-1])):
+        return outputs
+    return class_probabilities(outputs, multi_label).numpy()
+
+
 def default_layers(model):
-    """The layers whose maps to show for ``model``: ICASC's inner and last, else the last 4-D one."""
-    if hasattr(model, "inner_layer") and hasattr(model, "last_layer"):
+    """The layers whose maps to show for ``model``: ICASC's inner and last, else its last 4-D one."""
+    if _is_icasc(model):
         return [model.inner_layer, model.last_layer]
-    return feature_map_names(_classifier(model))[-1:]
+    return [_feature_layer(_classifier(model), None).name]
 
 
-__all__ = ["OUTPUTS", "class_maps", "default_layers", "explain"]
+__all__ = ["OUTPUTS", "class_maps", "default_layers", "explain", "predicted_probabilities"]

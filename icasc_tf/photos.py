@@ -12,9 +12,10 @@ import os
 import numpy as np
 import tensorflow as tf
 from matplotlib import cbook
-from PIL import Image
+from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_images
 
+from icasc_tf.data.image_folder import to_rgb
 from icasc_tf.visualize import render_panel
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -61,12 +62,18 @@ def image_files(paths):
 
 
 def load_photos(paths):
-    """``{file name: uint8 [H, W, 3]}`` from image files or folders of them."""
+    """``{name: uint8 [H, W, 3]}`` from image files or folders of them, as a viewer shows them: EXIF
+    orientation applied, transparency over white (``image_folder``'s conversions). A name is the
+    file name, with its folder when two files share one."""
+    files = image_files(paths)
+    names = [os.path.basename(f) for f in files]
     photos = {}
-    for path in image_files(paths):
+    for path, name in zip(files, names):
+        if names.count(name) > 1:
+            name = os.path.join(os.path.basename(os.path.dirname(path)), name)
         try:
             with Image.open(path) as image:
-                photos[os.path.basename(path)] = np.asarray(image.convert("RGB"))
+                photos[name] = np.asarray(to_rgb(ImageOps.exif_transpose(image)))
         except OSError as error:
             raise ValueError(f"Cannot read {path!r} as an image: {error}") from error
     return photos
@@ -88,6 +95,13 @@ def center_square(photo, size):
     return np.clip(resized.numpy()[0], 0.0, 1.0)
 
 
+def _maps_in_chunks(model, images, top_k, attention, chunk=16):
+    """``model.attention_maps`` a few images at a time (a folder of hundreds would not fit at once)."""
+    parts = [model.attention_maps(images[i : i + chunk], top_k=top_k, attention=attention)
+             for i in range(0, len(images), chunk)]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
 def photo_attention_figure(model, photos, class_names, path=None, top_k=5, tile_size=112):
     """For each photo, rows of its top-k classes' maps (``ROWS``); returns ``uint8 [H, W, 3]``.
 
@@ -97,7 +111,7 @@ def photo_attention_figure(model, photos, class_names, path=None, top_k=5, tile_
     """
     names = list(photos)
     images = np.stack([photos[n] for n in names]).astype(np.float32)
-    maps = {a: model.attention_maps(images, top_k=top_k, attention=a) for a in {a for a, _ in ROWS}}
+    maps = {attention: _maps_in_chunks(model, images, top_k, attention) for attention in {a for a, _ in ROWS}}
     rows = []
     for i, name in enumerate(names):
         for attention, layer in ROWS:

@@ -199,7 +199,7 @@ def _legend(width, cmap, marks=None):
     canvas = np.ones((_LEGEND_HEIGHT, width, 3), np.float32)
     left, bar = _MARGIN, max(width // 3, 40)
     canvas[_MARGIN : _MARGIN + 10, left : left + bar] = _colormap(cmap)(np.linspace(0.0, 1.0, bar))[:, :3][None]
-    texts = [(left + bar + 6, _MARGIN + 5, "map: 0 \u2192 its own maximum")]
+    texts = [(left + bar + 6, _MARGIN + 5, "map: low \u2192 high (each map its own scale)")]
     if marks is None:
         canvas[_MARGIN + 14 : _MARGIN + 24, left : left + bar] = np.linspace(0.0, 1.0, bar)[None, :, None]
         texts.append((left + bar + 6, _MARGIN + 19, "mask: 0 \u2192 1"))

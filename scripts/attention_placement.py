@@ -26,8 +26,11 @@ the digits, which is how L_AS can fall while localization gets worse (BUILD_NOTE
     python scripts/attention_placement.py --dataset=fashion_mnist --runs=runs/study3/scratch/empty/ach/seed-0
 """
 
-import json
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
+
+import json
 import sys
 
 import keras

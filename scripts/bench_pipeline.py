@@ -20,6 +20,9 @@ so that drift of a shared machine hits all of them alike; the table gives the me
 """
 
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
+
 import shutil
 import statistics
 import time

@@ -14,6 +14,9 @@ that drift of the machine hits all of them alike.
 """
 
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
+
 import statistics
 import time
 

@@ -12,6 +12,9 @@ wrong or unsure predictions.
 
 import os
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
+
+
 import keras
 import numpy as np
 import tensorflow as tf

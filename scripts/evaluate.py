@@ -1,5 +1,9 @@
 """`python scripts/evaluate.py --help`: see icasc_tf/cli/evaluate.py (also installed as `icasc-evaluate`)."""
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
+
 from icasc_tf.cli.evaluate import main
 
 if __name__ == "__main__":

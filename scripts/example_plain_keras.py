@@ -4,6 +4,10 @@ trained with ``model.fit`` on the bundled cluttered digits, its Grad-CAM panels 
     python scripts/example_plain_keras.py             # then: tensorboard --logdir runs/plain_keras
 """
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
+
 import keras
 import numpy as np
 from absl import app, flags

@@ -27,9 +27,12 @@ OUTPUT_DIR/BACKGROUND/NAME[+MODIFIER...]/seed-N, seed by seed, so that a partial
 every arm's first seed before any arm's second.
 """
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
+
 import dataclasses
 import json
-import os
 import statistics
 import sys
 import time
@@ -48,6 +51,7 @@ from icasc_tf.train import RunDir, RunExistsError, run_training
 from icasc_tf.train import config as run_config
 from icasc_tf.train.files import atomic_write_json, atomic_write_text
 from icasc_tf.train.run import build_model
+from icasc_tf.train.stream import Splits
 from icasc_tf.visualize import top5_figure
 
 matplotlib.use("Agg")
@@ -215,7 +219,7 @@ def run_arm(arm, seed, recipe):
         print(f"study: {arm.key} seed {seed} -> {config.model_dir}", flush=True)
         run_training(config)
     model = run_dir.load_model("final")
-    dataset, info = load_split(config, "test", config.batch_size)
+    dataset, info = load_split(config, Splits.of(config).test, config.batch_size)
     results = evaluate_model(
         model, dataset, info, max_batches=FLAGS.eval_batches or None,
         ks_chart_path=run_dir.file("ks_test.png"),
@@ -349,7 +353,7 @@ def comparison_figure(recipe, background, path):
     """Baseline row over ICASC row on the same test images (seed 0 of each)."""
     arms = {name: Arm(name, (), background) for name in ("baseline", "ach")}
     config = arms["baseline"].config(recipe, 0, FLAGS.output_dir)
-    dataset, info = load_split(config, "test", 6)
+    dataset, info = load_split(config, Splits.of(config).test, 6)
     images, labels = next(iter(dataset))[:2]
     models = {
         name: RunDir(arm.config(recipe, 0, FLAGS.output_dir).model_dir).load_model("final")

@@ -313,7 +313,8 @@ def _layout_message_checks(message):
 
 
 @pytest.mark.parametrize(
-    "case", ["none", "missing", "file", "no_classes", "splits_without_classes", "one_class", "one_readable_class"]
+    "case", ["none", "missing", "file", "no_classes", "splits_without_classes", "train_without_test", "one_class",
+             "one_readable_class"],
 )
 def test_a_wrong_folder_is_one_error_naming_the_flag_and_the_layout(tmp_path, case):
     rng = np.random.default_rng(5)
@@ -325,6 +326,9 @@ def test_a_wrong_folder_is_one_error_naming_the_flag_and_the_layout(tmp_path, ca
     elif case == "splits_without_classes":  # train/ and test/ are not taken for two classes
         _photos(rng, folder / "train", 2, RED)
         _photos(rng, folder / "test", 2, RED)
+    elif case == "train_without_test":  # a train/ alone is not one class called "train"
+        _photos(rng, folder / "train" / "cats", 2, RED)
+        _photos(rng, folder / "train" / "dogs", 2, GREEN)
     elif case == "one_class":
         _photos(rng, folder / "only", 3, RED)
         (folder / "empty").mkdir()
@@ -343,6 +347,7 @@ def test_a_wrong_folder_is_one_error_naming_the_flag_and_the_layout(tmp_path, ca
         "file": "is a file, not a folder",
         "no_classes": "has no class subfolders (it holds 3 files directly",
         "splits_without_classes": f"{folder / 'train'} has no class subfolders (it holds 2 files directly",
+        "train_without_test": "has train/ but no test/ or val/ or valid/ or validation/ or testing/ beside it",
         "one_class": "1 class folder(s) with files (only)",
         "one_readable_class": "1 class folder(s) with readable images (only)",
     }[case]
@@ -425,3 +430,13 @@ def test_the_command_line_trains_evaluates_and_draws_a_users_folder(tmp_path):
 
 def glob_one(folder, name):
     return (folder / name).is_file()
+
+
+def test_a_training_and_valid_tree_is_read_as_its_two_splits(tmp_path):
+    rng = np.random.default_rng(4)
+    for split, count in (("training", 3), ("valid", 2)):
+        for name, color in (("a", RED), ("b", GREEN)):
+            _photos(rng, tmp_path / "tree" / split / name, count, color)
+    prepared = _prepare(tmp_path / "tree", tmp_path / "data")
+    assert prepared.builder.info.features["label"].names == ["a", "b"]  # not "training" and "valid"
+    assert (len(prepared.examples["train"]), len(prepared.examples["test"])) == (6, 4)

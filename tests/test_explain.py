@@ -137,3 +137,25 @@ def test_an_all_zero_map_says_so_on_its_tile():
     # The dimmed image of a dead map is light grey except for the dark "all zero" letters.
     assert centre(2).min() < 60 and np.median(centre(2)) > 180
     assert not (centre(1).min() < 60 and np.median(centre(1)) > 180)
+
+
+def test_softmax_outputs_are_recognised_and_nested_models_get_a_clear_error():
+    functional = tiny_convnet(CLASSES, batch_norm=False)
+    softmax = keras.Model(functional.input, keras.layers.Softmax()(functional.output))
+    images = _images()
+    expected = explain(functional, images, top_k=2)
+    got = explain(softmax, images, top_k=2)  # output="auto": the scores before the softmax
+    np.testing.assert_allclose(got["maps"], expected["maps"], rtol=1e-5, atol=1e-7 * expected["maps"].max())
+    np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=1e-5)
+    base = keras.Model(functional.input, functional.get_layer("last").output, name="base")
+    nested = keras.Sequential([keras.Input((16, 16, 3)), base, keras.layers.GlobalAveragePooling2D(),
+                               keras.layers.Dense(CLASSES)])
+    with pytest.raises(ValueError, match="no 4-D feature layer of its own .*nested model\\(s\\) base.*functionally"):
+        explain(nested, images)
+    with pytest.raises(ValueError, match="layer='base' is a nested model"):
+        explain(nested, images, layer="base")
+    callback = AttentionImages("unused", images[:1], [0])
+    nested.compile("sgd", "mse")
+    callback.set_model(nested)
+    with pytest.raises(ValueError, match="nested model"):  # before the first epoch, not at its end
+        callback.on_train_begin()

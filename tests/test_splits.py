@@ -86,6 +86,7 @@ def test_validation_share_zero_validates_on_test_with_a_warning(tmp_path, caplog
     assert Splits.of(config).validates_on_test
     with caplog.at_level(logging.WARNING):
         summary = run_training(config)
+    assert "--validation_share=0: validating on the split 'test'" in caplog.text
     assert "best.keras is chosen on the numbers it reports" in caplog.text
     assert summary["splits"]["validation"] == "test" and summary["dataset"]["validation_examples"] == 40
 

@@ -1,6 +1,6 @@
 """Evaluate a trained ICASC model on a split: accuracy, KS chart, separation, localization, faithfulness.
 
-    python scripts/evaluate.py --model_dir=runs/default                 # best.keras on the run's eval split
+    python scripts/evaluate.py --model_dir=runs/default                 # best.keras on the run's test split
     python scripts/evaluate.py --model_dir=runs/default --which_model=final --max_batches=10
     python scripts/evaluate.py --model=model.keras --dataset=cluttered_digits --output=/tmp/eval.json
 

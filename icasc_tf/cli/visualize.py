@@ -59,7 +59,7 @@ flags.DEFINE_string("pretrained", "", "An ImageNet-pretrained backbone (e.g. eff
 flags.DEFINE_list("photos", [], "Image files or folders for --pretrained (default: the photographs that ship "
                   "with scikit-learn, matplotlib and scikit-image).")
 flags.DEFINE_integer(
-    "image_size", 0, "--pretrained: input side in pixels (default: the backbone's own, 224 for lite0)."
+    "image_size", 0, "Input side in pixels (default: the run's; with --pretrained the backbone's own, 224 for lite0)."
 )
 
 
@@ -186,7 +186,8 @@ def run():
         dataset, split, indices,
         data_dir=_flag_or_run(FLAGS.data_dir, config.data_dir),
         manual_dir=_flag_or_run(FLAGS.manual_dir, config.manual_dir),
-        image_size=config.image_size or None, seed=config.seed, options=options, with_boxes=FLAGS.boxes,
+        image_size=FLAGS.image_size or config.image_size or None, seed=config.seed, options=options,
+        with_boxes=FLAGS.boxes,
     )
     for name, model in models.items():
         expected = tuple(model.backbone.input.shape[1:])

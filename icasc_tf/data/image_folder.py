@@ -56,7 +56,8 @@ or
   PATH/train/<class>/*  and  PATH/test/<class>/*   (the two splits as they are; val/ or validation/ for test/).
 Class names are the folder names; any image format PIL reads is accepted.
 """
-TEST_FOLDERS = ("test", "val", "validation")
+TEST_FOLDERS = ("test", "val", "valid", "validation", "testing")
+TRAIN_FOLDERS = ("train", "training")
 IGNORED_NAMES = frozenset({"__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini"})
 MAX_SIDE = 1024  # the squash augmentation at 448 resizes to 512: a 2:1 image keeps 512 on its short side
 SMALL_SIDE = 32  # images with a shorter side are counted in the summary (the pipeline upsamples them)
@@ -174,9 +175,17 @@ def scan(manual_dir: str | None) -> Listing:
         raise _missing(f"{root} is a file, not a folder.")
     top = _subfolders(root)
     test_name = next((name for name in TEST_FOLDERS if name in top), None)
+    train_name = next((name for name in TRAIN_FOLDERS if name in top), None)
     unusable: list[tuple[str, str]] = []
-    if "train" in top and test_name:
-        layout, folders = "splits", {"train": "train", "test": test_name}
+    if bool(train_name) != bool(test_name):
+        given, missing = (train_name, TEST_FOLDERS) if train_name else (test_name, TRAIN_FOLDERS)
+        raise _missing(
+            f"{root} has {given}/ but no {'/ or '.join(missing)}/ beside it: a split layout needs both (a "
+            f"{given}/ alone would be read as one class). Add the other folder, or put the class folders "
+            f"directly in {root} for a seeded held-out test share."
+        )
+    if train_name and test_name:
+        layout, folders = "splits", {"train": train_name, "test": test_name}
         sources = {split: _scan_classes(root, folder, unusable) for split, folder in folders.items()}
         ignored = [name + "/" for name in top if name not in folders.values()]
     else:

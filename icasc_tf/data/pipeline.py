@@ -15,6 +15,7 @@ the `AUGMENTATIONS` of `registry`:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -177,7 +178,8 @@ def held_out_ids(builder, spec: DatasetSpec, split: str, share: float, seed: int
     examples held out are the first of a permutation seeded with (seed, class). Computed once
     from the labels alone and cached beside the prepared dataset.
     """
-    key = f"held-out-{re.sub(r'[^A-Za-z0-9]+', '_', split)}-{share:g}-{seed}.json"
+    digest = hashlib.sha1(split.encode("utf-8")).hexdigest()[:10]  # "train[:90%]" and "train[:90]" differ
+    key = f"held-out-{re.sub(r'[^A-Za-z0-9]+', '_', split)}-{digest}-{share:g}-{seed}.json"
     path = _cache_path(data_dir, builder, key)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as file:

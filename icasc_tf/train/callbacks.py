@@ -34,6 +34,7 @@ import signal
 import threading
 import time
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -108,6 +109,20 @@ class _Mismatch(ValueError):
     """A readable checkpoint written with other settings: not damage, so never set aside."""
 
 
+def _read_checkpoint(path):
+    """A checkpoint's files read in full: ``(epoch.json, weights file, optimizer arrays)``; any
+    exception means the checkpoint is damaged. The weights file is read dataset by dataset."""
+    with open(os.path.join(path, "epoch.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    int(saved["epochs_done"])
+    weights = os.path.join(path, "state.weights.h5")
+    with h5py.File(weights, "r") as h5:
+        h5.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    with np.load(os.path.join(path, "optimizer.npz")) as store:
+        optimizer = {key: np.asarray(store[key]) for key in store.files}
+    return saved, weights, optimizer
+
+
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Weights + optimizer state + position, saved at each epoch end (and every N steps), atomically.
 
@@ -125,11 +140,12 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     checkpoints as they were and raises ``CheckpointError`` saying so.
     """
 
-    def __init__(self, directory, keep=2, write=True, every=0, position=None):
+    def __init__(self, directory, keep=2, write=True, every=0, position=None, data=None):
         super().__init__()
         if every and position is None:
             raise ValueError("ResumableCheckpoint(every=N) needs the run's RunPosition.")
         self.directory = directory
+        self.data = data  # what identifies the training data (checked on restore), or None
         self.keep = keep
         self.write = write  # False on non-chief workers: they take part but do not write
         self.every = int(every)
@@ -162,24 +178,25 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         """Load the newest readable checkpoint into ``model``; return its position
         ``(epochs done, steps done in the next epoch)``, ``(0, 0)`` when there is none.
 
-        A step checkpoint's position means something only with the steps per epoch it was
-        written with, and the optimizer state only with the same optimizer: either mismatch
-        is an error, not damage.
+        A checkpoint is damaged when its files cannot be read in full (they are read before
+        anything is assigned); it is then set aside and the next older one tried. A readable
+        checkpoint that does not fit this run (other steps per epoch, other training data,
+        another optimizer or network) is an error, never set aside.
         """
         unreadable = []
         for _, path in reversed(self.checkpoints()):
             try:
-                return self._load(path, model, steps_per_epoch)
-            except _Mismatch:
-                raise
+                saved, weights, optimizer = _read_checkpoint(path)
             except Exception as error:  # h5py, NumPy, zipfile and json each raise their own
-                reason = f"{type(error).__name__}: {error}"
+                reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
                 aside = self._set_aside(path) if self.write else None
                 _log.warning(
                     "Checkpoint %s cannot be read (%s)%s; trying the one before it.",
                     path, reason, f"; set aside as {aside}" if aside else "",
                 )
                 unreadable.append(f"{os.path.basename(path)} ({reason})")
+                continue
+            return self._apply(path, saved, weights, optimizer, model, steps_per_epoch)
         if unreadable:
             raise CheckpointError(
                 f"No checkpoint in {self.directory} can be read: {'; '.join(unreadable)}. They were set aside "
@@ -187,32 +204,35 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             )
         return 0, 0
 
-    def _load(self, path, model, steps_per_epoch):
-        with open(os.path.join(path, "epoch.json"), encoding="utf-8") as f:
-            saved = json.load(f)
+    def _apply(self, path, saved, weights, optimizer, model, steps_per_epoch):
         position = int(saved["epochs_done"]), int(saved.get("step", 0))
         if position[1] and saved.get("steps_per_epoch") not in (None, steps_per_epoch):
             raise _Mismatch(
                 f"{path} was written mid-epoch with {saved['steps_per_epoch']} steps per epoch; this run has "
                 f"{steps_per_epoch} (the training split changed?). Use another --model_dir, or --overwrite."
             )
+        written_on = saved.get("data")
+        if written_on is not None and self.data is not None and written_on != self.data:
+            changed = sorted(k for k in self.data if written_on.get(k) != self.data[k])
+            raise _Mismatch(
+                f"{path} was written on other training data ({', '.join(changed)} changed: the folder or the "
+                "dataset options are not the run's). Resume with the run's data, or use another --model_dir."
+            )
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        state = {}
+        if model.optimizer is not None and len(optimizer) != len(model.optimizer.variables):
+            raise _Mismatch(
+                f"{path} holds {len(optimizer)} optimizer variables, the optimizer has "
+                f"{len(model.optimizer.variables)}: it was written with other optimizer settings."
+            )
+        try:
+            model.load_weights(weights)
+        except ValueError as error:
+            raise _Mismatch(f"{path} does not fit this run's network: {error}") from None
         if model.optimizer is not None:
             # Keras 3 weight files hold no optimizer state: momentum and the step (and so
-            # the learning-rate schedule's position) come from here. Read before any weight
-            # is assigned, so that a damaged file changes nothing.
-            with np.load(os.path.join(path, "optimizer.npz")) as store:
-                state = dict(store)
-            if len(state) != len(model.optimizer.variables):
-                raise _Mismatch(
-                    f"{path} holds {len(state)} optimizer variables, the optimizer has "
-                    f"{len(model.optimizer.variables)}: it was written with other optimizer settings."
-                )
-        model.load_weights(os.path.join(path, "state.weights.h5"))
-        if model.optimizer is not None:
-            model.optimizer.load_own_variables(state)
+            # the learning-rate schedule's position) come from here.
+            model.optimizer.load_own_variables(optimizer)
         return position
 
     @staticmethod
@@ -250,6 +270,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             position = {"epochs_done": epochs_done, "step": step}
             if self.position is not None:
                 position["steps_per_epoch"] = self.position.steps_per_epoch
+            if self.data is not None:
+                position["data"] = self.data
             with open(os.path.join(tmp, "epoch.json"), "w", encoding="utf-8") as f:
                 json.dump({**position, "logs": scalar_logs(logs)}, f)
             fsync_tree(tmp)

@@ -7,6 +7,7 @@ finish. Everything a run makes lives in its ``RunDir`` (``config.model_dir``).
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ import tensorflow as tf
 from icasc_tf import painless
 from icasc_tf.backbones import build_backbone
 from icasc_tf.callbacks import AttentionImages, AttentionWarmup
+from icasc_tf.data.registry import get_spec
 from icasc_tf.feature_maps import HEAD_LAYER
 from icasc_tf.model import ICASC
 from icasc_tf.train.callbacks import (
@@ -170,10 +172,15 @@ def _open_run(config, strategy, lock):
 def _load_data(run):
     config = run.config
     run.stream, run.validation, run.info, run.validation_info = load_data(config, run.strategy.num_replicas_in_sync)
-    if run.stream.splits.validates_on_test:
+    splits = run.stream.splits
+    if splits.validates_on_test:
+        cause = (
+            f"{config.dataset} has no labelled test split" if not config.validation_split and get_spec(
+                config.dataset).validation_split == splits.test else "--validation_share=0"
+        )
         _log.warning(
-            "--validation_share=0: validating on the test split %r, so best.keras is chosen on the numbers it "
-            "reports; final.keras's test numbers are the unbiased ones.", run.stream.splits.test,
+            "%s: validating on the split %r that the results are reported on, so best.keras is chosen on the "
+            "numbers it reports; final.keras's are the unbiased ones.", cause, splits.test,
         )
     # Loaded now (not iterated) so that a missing test split fails before any training.
     run.test, run.test_info = evaluation_split(config, "test", run.stream.splits)
@@ -181,8 +188,16 @@ def _load_data(run):
     run.position = RunPosition(run.steps)
     # Every worker resumes from the chief's checkpoints; only the chief writes them.
     run.checkpoint = ResumableCheckpoint(
-        run.run_dir.checkpoints, write=run.chief, every=config.checkpoint_every, position=run.position
+        run.run_dir.checkpoints, write=run.chief, every=config.checkpoint_every, position=run.position,
+        data=_data_identity(run.info),
     )
+
+
+def _data_identity(info):
+    """What a checkpoint records of the training data, so that a resume on other data is refused
+    (an image folder's prepared name carries a digest of its files)."""
+    names = hashlib.sha1("\n".join(info.class_names).encode("utf-8")).hexdigest()[:12]
+    return {"dataset": info.tfds_name, "classes": names, "train_examples": int(info.num_examples)}
 
 
 def _build_model(run, header, lock):
@@ -285,9 +300,19 @@ def _callbacks(run, callbacks):
 
 def _train_epochs(run, ordered, callers, one_epoch):
     """One ``fit`` per epoch over that epoch's batches; returns the history of every epoch run."""
-    config, model, steps = run.config, run.model, run.steps
     history = {}
     start_epoch, start_step = run.start
+    try:
+        _fit_epochs(run, ordered, one_epoch, history, start_epoch, start_step)
+    finally:  # the caller's callbacks end as after one fit (CSVLogger closes its file), whatever happened
+        for caller in callers:
+            caller.finish({k: v[-1] for k, v in history.items()})
+    return history
+
+
+def _fit_epochs(run, ordered, one_epoch, history, start_epoch, start_step):
+    """The epochs, each one ``fit`` call; ``history`` gathers their logs."""
+    config, model, steps = run.config, run.model, run.steps
     for epoch in range(start_epoch, config.epochs):
         skip = start_step if epoch == start_epoch else 0
         fit = model.fit(
@@ -310,9 +335,6 @@ def _train_epochs(run, ordered, callers, one_epoch):
             )
         if one_epoch.stopped_by_callback or not run.position.epoch_complete:
             break  # a callback stopped training
-    for caller in callers:
-        caller.finish({k: v[-1] for k, v in history.items()})
-    return history
 
 
 def _test_results(run, final_results):
@@ -353,7 +375,7 @@ def _finish(run, history, train_seconds):
         "test": {"split": splits["test"], **_test_results(run, final_results)},
         "selected_on": monitor,
         "history": {k: [float(x) for x in v] for k, v in history.items()},
-        "epochs_run": config.epochs - epoch,
+        "epochs_run": len(history.get("loss", [])),
         "resumed_at": {"epoch": epoch, "step": step} if run.action == "resume" else None,
         "optimizer_steps": int(model.optimizer.iterations.numpy()),
         "train_seconds": train_seconds,

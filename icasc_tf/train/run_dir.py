@@ -24,6 +24,9 @@ from icasc_tf.train.config import NOT_PART_OF_RUN, TrainConfig
 from icasc_tf.train.files import atomic_write_text
 
 MODELS = ("best", "final")
+# Options added since runs were first recorded, with the value those older runs ran with (when a
+# run's config.json lacks one): the held-out validation share arrived after runs validated on test.
+LEGACY_VALUES = {"validation_share": 0.0}
 
 
 class RunExistsError(ValueError):
@@ -109,7 +112,8 @@ class RunDir:
         if previous is None:
             return None
         current = dataclasses.asdict(config)
-        defaults = dataclasses.asdict(TrainConfig())  # options added since the run took their defaults
+        # Options added since the run: what it ran with (LEGACY_VALUES), else their defaults.
+        defaults = {**dataclasses.asdict(TrainConfig()), **LEGACY_VALUES}
         return sorted(
             k for k in current if k not in NOT_PART_OF_RUN and previous.get(k, defaults[k]) != current[k]
         )
@@ -178,7 +182,7 @@ class RunLock:
         self.release()
         path = self.run_dir.path
         if not os.path.isdir(path):
-            os.makedirs(path)
+            os.makedirs(path, exist_ok=True)  # another start may make it first: the lock decides
             self.created = True
         descriptor = os.open(self.run_dir.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -203,12 +207,17 @@ class RunLock:
             self._descriptor = None
 
     def discard_if_unused(self):
-        """After a run that failed before writing anything: remove the folder the lock made."""
+        """After a run that failed before writing anything: remove the folder the lock made (while
+        still holding the lock, so that no other run is locking it meanwhile)."""
         path = self.run_dir.path
-        if self.created and os.path.isdir(path) and os.listdir(path) == [os.path.basename(self.run_dir.lock_path)]:
-            self.release()
-            os.remove(self.run_dir.lock_path)
-            os.rmdir(path)
+        if not (self.created and self._descriptor is not None):
+            return
+        try:
+            if os.listdir(path) == [os.path.basename(self.run_dir.lock_path)]:
+                os.remove(self.run_dir.lock_path)
+                os.rmdir(path)
+        except OSError:
+            pass  # something else appeared in it: leave it as it is
 
 
 def load_model_file(path, finished=True):

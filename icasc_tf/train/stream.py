@@ -41,7 +41,7 @@ class Splits:
     def describe(self):
         """``{"train", "validation", "test"}``: each split as a reader should see it."""
         if self.hold_out:
-            held = f"{self.hold_out:g} of {self.train} held out (seeded {self.seed}, stratified)"
+            held = f"{self.hold_out:g} of {self.train} held out, seeded {self.seed}, stratified"
             return {"train": f"{self.train} without the validation share", "validation": held, "test": self.test}
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
