@@ -31,6 +31,7 @@ _MARGIN = 5  # pixels around every tile; the ground-truth frame is drawn in it
 _FRAME_WIDTH = 4
 _GROUP_GAP = 10  # pixels between the rows of different images in top5_figure
 _LEGEND_HEIGHT = 36  # pixels of the colour legend under an attention panel
+PANEL_TILE = 100  # tile side of a TensorBoard panel: 3 cells of 110 px fit its 350-px cards
 
 
 def displayable_image(image):
@@ -194,15 +195,18 @@ def _picture(base, attention, kind, alpha, cmap):
 def _legend(width, cmap, marks=None):
     """A strip under a panel saying what the colours mean: ``(pixels, [(x, y, text)])``.
 
-    ``marks``: the top-5 figure's key instead of the mask's, ``"frame"`` or ``"frame and box"``.
+    ``marks``: None (the colour scale alone), ``"mask"`` (and the grey scale of a mask tile), or the
+    top-5 figure's key, ``"frame"`` or ``"frame and box"``.
     """
     canvas = np.ones((_LEGEND_HEIGHT, width, 3), np.float32)
     left, bar = _MARGIN, max(width // 3, 40)
     canvas[_MARGIN : _MARGIN + 10, left : left + bar] = _colormap(cmap)(np.linspace(0.0, 1.0, bar))[:, :3][None]
-    texts = [(left + bar + 6, _MARGIN + 5, "map: low \u2192 high (each map its own scale)")]
-    if marks is None:
+    texts = [(left + bar + 6, _MARGIN + 5, "map: low \u2192 high, own scale")]
+    if marks == "mask":
         canvas[_MARGIN + 14 : _MARGIN + 24, left : left + bar] = np.linspace(0.0, 1.0, bar)[None, :, None]
         texts.append((left + bar + 6, _MARGIN + 19, "mask: 0 \u2192 1"))
+        return canvas, texts
+    if marks is None:
         return canvas, texts
     keys = [(FRAME_COLOR, "frame: a true class")]
     if "box" in marks:
@@ -215,13 +219,14 @@ def _legend(width, cmap, marks=None):
     return canvas, texts
 
 
-def render_grid(rows, tile_size=112, legend=False, cmap="jet"):
+def render_grid(rows, tile_size=112, legend=None, cmap="jet"):
     """Tiles in rows, each with a caption above it; returns ``np.uint8 [height, width, 3]``.
 
     ``rows``: lists of cells ``(caption, pixels [S, S, 3] in [0, 1], note, framed)``; ``note``
     (or None) is written on the tile (e.g. "all zero"), ``framed`` draws the green frame.
     Captions are wrapped to the tile's width in at most 3 lines; ``legend`` adds a strip
-    saying what the colours mean. Every row is ``40 + tile_size + 10`` pixels high and
+    saying what the colours mean (``legend``: False/None none, True the colour scale, ``"mask"`` also
+    the mask's grey scale). Every row is ``40 + tile_size + 10`` pixels high and
     ``tile_size + 10`` per cell wide.
     """
     cell = tile_size + 2 * _MARGIN
@@ -251,7 +256,7 @@ def render_grid(rows, tile_size=112, legend=False, cmap="jet"):
                 y = tile_top + tile_size / 2
                 texts.append((left + cell / 2, y, note, _FONT_SIZE + 1, True, "center", "center"))
     if legend:
-        strip, legend_texts = _legend(width, cmap)
+        strip, legend_texts = _legend(width, cmap, "mask" if legend == "mask" else None)
         canvas[height - _LEGEND_HEIGHT :] = strip
         top = height - _LEGEND_HEIGHT
         texts += [(x, top + y, t, _FONT_SIZE, False, "left", "center") for x, y, t in legend_texts]
@@ -309,19 +314,21 @@ def _row(image, title, tiles, framed, box, tile_size, alpha, cmap):
     return cells
 
 
-def attention_panel(image, caption, rows, box=None, tile_size=112, alpha=0.5, cmap="jet"):
+def attention_panel(image, caption, rows, box=None, tile_size=PANEL_TILE, alpha=0.5, cmap="jet"):
     """The TensorBoard panel of one image: the image captioned, then rows of map tiles.
 
     ``rows``: lists of ``(caption, map_or_None, kind)`` tiles; the image is the first cell of
     the first row, and each further row starts under it. Three cells a row at the default
-    tile size make a panel about 370 pixels wide, which TensorBoard shows at its own size.
-    A legend says what the colours mean; all-zero maps are marked on their tiles.
+    tile size make a panel 330 pixels wide: TensorBoard shows images at their own size in
+    cards 350 pixels wide (scrolling what is wider). A legend says what the colours mean (the
+    mask's grey scale when there is a mask tile); all-zero maps are marked on their tiles.
     """
     grid = []
     for r, tiles in enumerate(rows):
         cells = _row(image, caption if r == 0 else False, _check_tiles(tiles), set(), box, tile_size, alpha, cmap)
         grid.append(cells)
-    return render_grid(grid, tile_size=tile_size, legend=True, cmap=cmap)
+    has_mask = any(kind == "mask" for tiles in rows for _, _, kind in tiles)
+    return render_grid(grid, tile_size=tile_size, legend="mask" if has_mask else True, cmap=cmap)
 
 
 def _exact_size(pixels, height, width):

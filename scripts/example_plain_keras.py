@@ -16,8 +16,8 @@ from icasc_tf import AttentionImages, explain
 from icasc_tf.data import load_dataset
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("log_dir", "runs/plain_keras", "TensorBoard folder.")
-flags.DEFINE_integer("epochs", 3, "Training epochs.")
+flags.DEFINE_string("logs", "runs/plain_keras", "TensorBoard folder.")
+flags.DEFINE_integer("epochs", 10, "Training epochs.")
 
 
 def small_cnn(num_classes):
@@ -41,12 +41,12 @@ def main(argv):
     x_val, y_val = (np.asarray(t) for t in next(iter(test)))
     model = small_cnn(info.num_classes)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    panels = AttentionImages(FLAGS.log_dir, x_val[:6], y_val[:6], info.class_names)
+    panels = AttentionImages(FLAGS.logs, x_val[:6], y_val[:6], info.class_names)
     model.fit(train, validation_data=test, epochs=FLAGS.epochs, callbacks=[panels], verbose=2)
     panels.close()
     out = explain(model, x_val[:4], method="gradcam", top_k=3)
     print(f"explain: maps {out['maps'].shape} at layer {out['layer']!r}, classes {out['classes'].tolist()}")
-    print(f"tensorboard --logdir {FLAGS.log_dir}")
+    print(f"tensorboard --logdir {FLAGS.logs}")
 
 
 if __name__ == "__main__":
