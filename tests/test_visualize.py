@@ -173,3 +173,11 @@ def test_script_bad_input_exits_with_one_clear_line(run_dirs, tmp_path):
         "has 12 examples (indices 0 to 11)."
     ]
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "visualize.py"])
+def test_help_lists_the_commands_own_flags(script):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--help"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: python scripts/{script} ")
+    assert "--model_dir:" in result.stdout and "--logtostderr" not in result.stdout

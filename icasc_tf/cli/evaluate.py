@@ -181,9 +181,21 @@ def _main(argv):
     print(f"wrote {settings['output']} and {settings['ks_chart']}")
 
 
-def main():
-    """``icasc-evaluate``."""
-    app.run(_main)
+USAGE = (
+    "usage: python scripts/evaluate.py --model_dir=RUN [--flag=value ...]   (or icasc-evaluate)\n"
+    "Evaluates a run's best.keras (or final.keras) on its test split: top-1/5, KS chart, separation, localization.\n"
+    "--helpfull also lists absl's and TensorFlow's own flags."
+)
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
+
+
+def main(argv=None):
+    """``icasc-evaluate``: this command's flags for --help; absl's parsing otherwise."""
+    argv = list(sys.argv if argv is None else argv)
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        print(USAGE + "\n\n" + FLAGS.module_help(__name__))
+        sys.exit(0)
+    app.run(_main, argv=argv)
 
 
 if __name__ == "__main__":

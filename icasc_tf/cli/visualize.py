@@ -221,9 +221,21 @@ def _main(argv):
     print(f"wrote {output}")
 
 
-def main():
-    """``icasc-visualize``."""
-    app.run(_main)
+USAGE = (
+    "usage: python scripts/visualize.py --model_dir=RUN | --pretrained=BACKBONE [--flag=value ...]  (icasc-visualize)\n"
+    "Draws the top-5 classes of test images (or photographs) with their attention maps into a PNG.\n"
+    "--helpfull also lists absl's and TensorFlow's own flags."
+)
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
+
+
+def main(argv=None):
+    """``icasc-visualize``: this command's flags for --help; absl's parsing otherwise."""
+    argv = list(sys.argv if argv is None else argv)
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        print(USAGE + "\n\n" + FLAGS.module_help(__name__))
+        sys.exit(0)
+    app.run(_main, argv=argv)
 
 
 if __name__ == "__main__":
