@@ -273,6 +273,7 @@ def _tiny_run(tmp_path):
     return model_dir
 
 
+@pytest.mark.slow
 def test_script_evaluates_a_run_folder(tmp_path):
     model_dir = _tiny_run(tmp_path)
     done = _run_script(f"--model_dir={model_dir}")
@@ -293,12 +294,14 @@ def test_script_evaluates_a_run_folder(tmp_path):
         (["--model=/nonexistent/model.keras"], "Model file /nonexistent/model.keras does not exist."),
     ],
 )
+@pytest.mark.slow
 def test_script_exits_non_zero_with_one_clear_line(args, message):
     done = _run_script(*args)
     assert done.returncode == 2
     assert our_lines(done.stderr) == [f"evaluate.py: error: {message}"]
 
 
+@pytest.mark.slow
 def test_script_rejects_a_missing_final_model_and_an_unknown_dataset(tmp_path):
     model_dir = _tiny_run(tmp_path)
     done = _run_script(f"--model_dir={model_dir}", "--which_model=final")

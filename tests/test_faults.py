@@ -21,6 +21,8 @@ from icasc_tf.train import RunDir, TrainConfig, run_training
 from icasc_tf.train.callbacks import CheckpointError, ResumableCheckpoint
 from tests.script_output import our_lines
 
+pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,7 +63,6 @@ def _wait_for(predicate, process, seconds=120):
     return predicate()
 
 
-@pytest.mark.slow
 def test_a_second_run_is_refused_and_sigterm_saves_the_step_the_next_run_resumes_at(tmp_path):
     config = _config(tmp_path, epochs=2, dataset_config=["num_train=3556", "num_test=16"], batch_size=8)
     run, command = RunDir(config.model_dir), _command(config)  # 400 steps per epoch
@@ -161,7 +162,6 @@ def _limit_file_size(limit):
     return preexec
 
 
-@pytest.mark.slow
 def test_a_write_that_fails_for_lack_of_room_keeps_the_previous_checkpoint(tmp_path):
     config = _config(tmp_path)
     with pytest.raises(KeyboardInterrupt):

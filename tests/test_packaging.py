@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
 def test_the_wheel_ships_the_recipes_and_the_commands(tmp_path):
     wheels = tmp_path / "wheels"
     built = subprocess.run(

@@ -145,6 +145,7 @@ def test_recipes_folder_not_found_is_one_clear_error(monkeypatch, tmp_path):
     assert config_from_argv(["train.py", "--dataset=caltech256"]).recipe.name == "caltech256_resnet18_n30"
 
 
+@pytest.mark.slow
 def test_script_prints_the_recipe_and_warning_then_fails_on_missing_data_writing_nothing(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--dataset=caltech256", "--arch=vgg19",

@@ -17,10 +17,11 @@ from icasc_tf.train import TrainConfig, run_training
 from icasc_tf.train.callbacks import ResumableCheckpoint
 from icasc_tf.train.stream import TrainingStream
 
+pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
 def test_sigkilled_run_resumes_mid_epoch_and_ends_with_an_uninterrupted_runs_step_count(tmp_path):
     run = tmp_path / "run"
     args = [

@@ -67,6 +67,7 @@ def test_training_never_sees_the_validation_share(tmp_path):
     assert len(held) == 20 and not trained & set(held) and stream.info.num_examples == 180
 
 
+@pytest.mark.slow
 def test_a_run_labels_every_number_with_its_split_and_reports_test_at_the_end(tmp_path):
     summary = run_training(_config(tmp_path))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -81,6 +82,7 @@ def test_a_run_labels_every_number_with_its_split_and_reports_test_at_the_end(tm
     assert np.isfinite(metrics["test"]["best"]["accuracy"]) and np.isfinite(metrics["test"]["final"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_validation_share_zero_validates_on_test_with_a_warning(tmp_path, caplog):
     config = _config(tmp_path, validation_share=0.0, epochs=1)
     assert Splits.of(config).validates_on_test

@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
 def test_study_smoke_writes_table_json_and_chart(tmp_path):
     out = tmp_path / "study"
     result = subprocess.run(

@@ -18,6 +18,8 @@ from icasc_tf.train import TrainConfig, run_training
 from icasc_tf.train import config as run_config
 from icasc_tf.train.run_dir import RunExistsError
 
+pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DATA = ["num_train=96", "num_test=32"]
 
@@ -260,7 +262,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path):
     ports = [_free_port(), _free_port()]
     workers = [f"127.0.0.1:{p}" for p in ports]

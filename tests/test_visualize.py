@@ -150,6 +150,7 @@ def run_dirs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_script_draws_baseline_over_icasc_from_the_runs_dataset(run_dirs):
     result = _run_script(
         f"--model_dir={run_dirs / 'icasc'}", f"--compare_model_dir={run_dirs / 'baseline'}", "--images=0,3",
@@ -162,6 +163,7 @@ def test_script_draws_baseline_over_icasc_from_the_runs_dataset(run_dirs):
     assert figure.std() > 10
 
 
+@pytest.mark.slow
 def test_script_bad_input_exits_with_one_clear_line(run_dirs, tmp_path):
     result = _run_script(f"--model_dir={tmp_path / 'missing'}")
     assert result.returncode == 2
@@ -175,6 +177,7 @@ def test_script_bad_input_exits_with_one_clear_line(run_dirs, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["evaluate.py", "visualize.py"])
 def test_help_lists_the_commands_own_flags(script):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--help"],
