@@ -11,10 +11,10 @@ prints them as a table. See icasc_tf.evaluation.evaluate_model for what each num
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 
+from icasc_tf.cli import command
 from icasc_tf.data import load_dataset
 from icasc_tf.data.registry import get_spec
 from icasc_tf.evaluation import evaluate_model
@@ -167,16 +167,12 @@ def evaluate(settings, attention=None, max_batches=None, ten_crop=False):
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)  # TFDS's info and deprecation lines bury the table
+    command.begin(argv)
     try:
         settings = resolve_settings(FLAGS)
         results = evaluate(settings, FLAGS.attention, FLAGS.max_batches, FLAGS.ten_crop)
     except (ValueError, FileNotFoundError) as error:
-        print(f"evaluate.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        command.fail("evaluate.py", error)
     print(format_table(results))
     print(f"wrote {settings['output']} and {settings['ks_chart']}")
 
@@ -186,16 +182,11 @@ USAGE = (
     "Evaluates a run's best.keras (or final.keras) on its test split: top-1/5, KS chart, separation, localization.\n"
     "--helpfull also lists absl's and TensorFlow's own flags."
 )
-HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 
 def main(argv=None):
     """``icasc-evaluate``: this command's flags for --help; absl's parsing otherwise."""
-    argv = list(sys.argv if argv is None else argv)
-    if any(arg in HELP_ARGS for arg in argv[1:]):
-        print(USAGE + "\n\n" + FLAGS.module_help(__name__))
-        sys.exit(0)
-    app.run(_main, argv=argv)
+    command.start(_main, argv, lambda: USAGE + "\n\n" + FLAGS.module_help(__name__))
 
 
 if __name__ == "__main__":

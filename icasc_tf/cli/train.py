@@ -14,8 +14,9 @@ Without --flagfile, --dataset (and --arch) take the paper's recipe from flags/ a
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
+from icasc_tf.cli import command
 from icasc_tf.train import config as run_config
 from icasc_tf.train.callbacks import CheckpointError, RunInterrupted
 from icasc_tf.train.recipes import resolve
@@ -28,14 +29,10 @@ USAGE = (
     "Trains ICASC into --model_dir. Without --flagfile, --dataset (and --arch) take the paper's recipe\n"
     "from flags/ as defaults. --helpfull also lists absl's and TensorFlow's own flags."
 )
-HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 
 def _main(argv):
-    if not FLAGS["verbosity"].present:  # TFDS is chatty at INFO/WARNING
-        logging.set_verbosity(logging.ERROR)
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    command.begin(argv)
     try:
         resolution = resolve(FLAGS, sys.argv)
         for line in [resolution.recipe_line, *resolution.notes]:
@@ -50,11 +47,9 @@ def _main(argv):
         print(f"train.py: {stopped}", file=sys.stderr, flush=True)
         sys.exit(128 + stopped.signum)  # as the shell reports a process ended by that signal
     except CheckpointError as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        command.fail("train.py", error, status=1)
     except (ValueError, FileNotFoundError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        command.fail("train.py", error)
     print(done_lines(config.model_dir, summary))
 
 
@@ -86,11 +81,7 @@ def done_lines(model_dir, summary):
 
 def main(argv=None):
     """``icasc-train``: the run's flags, grouped, for --help; absl's parsing otherwise."""
-    argv = list(sys.argv if argv is None else argv)
-    if any(arg in HELP_ARGS for arg in argv[1:]):
-        print(run_config.grouped_help(USAGE))
-        sys.exit(0)
-    app.run(_main, argv=argv)
+    command.start(_main, argv, lambda: run_config.grouped_help(USAGE))
 
 
 if __name__ == "__main__":

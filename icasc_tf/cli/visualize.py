@@ -17,15 +17,15 @@ last layers.
 
 import os
 import re
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
 from icasc_tf import ICASC
 from icasc_tf.backbones import IMAGENET_BACKBONES, build_backbone
 from icasc_tf.backbones.efficientnet_lite import VARIANTS
 from icasc_tf.backbones.imagenet_classes import imagenet_class_names
+from icasc_tf.cli import command
 from icasc_tf.data import load_dataset
 from icasc_tf.data.registry import get_spec
 from icasc_tf.photos import bundled_photos, center_square, load_photos, photo_attention_figure
@@ -208,16 +208,11 @@ def run():
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)  # TFDS's info and deprecation lines bury the result
+    command.begin(argv)
     try:
         output = run()
     except (ValueError, FileNotFoundError) as error:
-        message = " ".join(str(error).split())
-        print(f"visualize.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        command.fail("visualize.py", error)
     print(f"wrote {output}")
 
 
@@ -226,16 +221,11 @@ USAGE = (
     "Draws the top-5 classes of test images (or photographs) with their attention maps into a PNG.\n"
     "--helpfull also lists absl's and TensorFlow's own flags."
 )
-HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 
 def main(argv=None):
     """``icasc-visualize``: this command's flags for --help; absl's parsing otherwise."""
-    argv = list(sys.argv if argv is None else argv)
-    if any(arg in HELP_ARGS for arg in argv[1:]):
-        print(USAGE + "\n\n" + FLAGS.module_help(__name__))
-        sys.exit(0)
-    app.run(_main, argv=argv)
+    command.start(_main, argv, lambda: USAGE + "\n\n" + FLAGS.module_help(__name__))
 
 
 if __name__ == "__main__":
