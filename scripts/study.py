@@ -368,7 +368,8 @@ def main(argv):
     del argv
     if FLAGS.smoke:
         FLAGS.arms, FLAGS.seeds, FLAGS.epochs, FLAGS.steps_per_epoch = ["ach"], 1, 2, 2
-        FLAGS.dataset_config = FLAGS.dataset_config or ["num_train=64", "num_test=32"]
+        if FLAGS.dataset in ("cluttered_digits", "cluttered_fashion"):  # tiny generated data
+            FLAGS.dataset_config = FLAGS.dataset_config or ["num_train=64", "num_test=32"]
         FLAGS.batch_size, FLAGS.eval_batches, FLAGS.timing_steps = 16, 1, 1
     FLAGS.output_dir = FLAGS.output_dir or ("runs/study_smoke" if FLAGS.smoke else "runs/study")
     try:

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from icasc_tf.data import fashion_mnist
+
 pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +36,41 @@ def test_study_smoke_writes_table_json_and_chart(tmp_path):
     )
     assert again.returncode == 0 and "Epoch" not in again.stdout
     assert json.loads((out / "study.json").read_text())["table"]["ach"]["top1"] == row["top1"]
+
+
+# Part three's two regimes, each from its flagfile with its own dataset, backbone and weights;
+# only the data is shrunk (the splits and the image size), as the smoke version asks.
+REGIMES = {
+    "scratch": ("study_scratch_fashion.flags", ["--train_split=train[:64]", "--validation_split=train[59968:]"]),
+    "finetune": (
+        "study_finetune_cluttered_fashion.flags",
+        ["--train_split=train[:48]", "--validation_split=train[48:]", "--image_size=64"],
+    ),
+}
+
+
+@pytest.mark.skipif(fashion_mnist.default_folder() is None, reason=f"needs `{fashion_mnist.APT_COMMAND}`")
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_study_smoke_runs_each_regime_of_part_three_from_its_flagfile(tmp_path, regime):
+    flagfile, shrink = REGIMES[regime]
+    out = tmp_path / regime
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "study.py"), "--smoke",
+         f"--flagfile={os.path.join(ROOT, 'flags', flagfile)}", *shrink,
+         f"--output_dir={out}", f"--data_dir={tmp_path / 'tfds'}", "--verbose=0"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "empty" / "ach" / "seed-0" / "config.json").read_text())
+    want = {
+        "scratch": {"dataset": "fashion_mnist", "arch": "resnet20", "weights": ""},
+        "finetune": {"dataset": "cluttered_fashion", "arch": "efficientnet_lite0", "weights": "imagenet"},
+    }[regime]
+    assert {key: config.get(key) for key in want} == want
+    row = json.loads((out / "study.json").read_text())["table"]["ach"]
+    assert 0.0 <= row["top1"]["mean"] <= 1.0 and 0.0 <= row["zero_target_last"]["mean"] <= 1.0
+    # Boxes (pointing game) exist on the cluttered composites only.
+    assert ("pointing_game_last" in row) == (regime == "finetune"), sorted(row)
 
 
 def test_study_rejects_unknown_arms_naming_the_choices(tmp_path):
