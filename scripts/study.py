@@ -51,7 +51,7 @@ from icasc_tf.train import RunDir, RunExistsError, run_training
 from icasc_tf.train import config as run_config
 from icasc_tf.train.files import atomic_write_json, atomic_write_text
 from icasc_tf.train.run import build_model
-from icasc_tf.train.stream import Splits
+from icasc_tf.train.stream import Splits, data_options
 from icasc_tf.visualize import top5_figure
 
 matplotlib.use("Agg")
@@ -179,8 +179,7 @@ def load_split(config, split, batch_size, training=False):
     return load_dataset(
         config.dataset, split, batch_size, training=training, seed=config.seed,
         with_boxes=not training and spec.box_key is not None and not spec.multi_label,
-        data_dir=config.data_dir or None, manual_dir=config.manual_dir or None,
-        image_size=config.image_size or None, **config.options("dataset_config"),
+        **data_options(config),
     )
 
 

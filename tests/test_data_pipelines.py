@@ -193,6 +193,27 @@ def test_cifar_pad_keeps_the_box_and_same_seed_same_crop():
     assert 28 / 32 - 1e-6 <= float(height) <= 1.0 and 28 / 32 - 1e-6 <= float(width) <= 1.0
 
 
+def test_augmentation_can_be_chosen_and_sets_how_evaluation_resizes(tmp_path):
+    """`augmentation=` replaces the dataset's own; CIFAR-100 keeps its mean subtraction under any."""
+    with tfds.testing.mock_data(num_examples=NUM_MOCK):
+        raw = read_split(tfds.builder("cifar100", data_dir=str(tmp_path)), SPECS["cifar100"], "test",
+                         decode_images=True, with_boxes=False, shuffle_files=False)
+        originals = np.stack([example["image"] for example in raw.as_numpy_iterator()]).astype(np.float32) / 255
+        own, info = load_dataset("cifar100", "test", NUM_MOCK, data_dir=str(tmp_path))
+        squash, _ = load_dataset("cifar100", "test", NUM_MOCK, data_dir=str(tmp_path), augmentation="squash",
+                                 image_size=28)
+        none, _ = load_dataset("cifar100", "test", NUM_MOCK, data_dir=str(tmp_path), augmentation="none")
+        with pytest.raises(ValueError, match="Unknown augmentation 'crop'; choose one of none, cifar"):
+            load_dataset("cifar100", "test", 4, data_dir=str(tmp_path), augmentation="crop")
+        ten, _ = load_dataset("cifar100", "test", 2, data_dir=str(tmp_path), augmentation="squash", crops="ten")
+    centred = originals - info.pixel_mean
+    np.testing.assert_allclose(next(iter(own))[0].numpy(), centred, atol=1e-6)
+    np.testing.assert_allclose(next(iter(none))[0].numpy(), centred, atol=1e-6)  # 32 px: nothing to resize
+    # squash, evaluated: resized to 8/7 of 28 = 32 (the image itself), then the central 28x28.
+    np.testing.assert_allclose(next(iter(squash))[0].numpy(), centred[:, 2:30, 2:30], atol=1e-6)
+    assert next(iter(ten))[0].shape == (2, 10, 32, 32, 3)
+
+
 def test_argument_errors_name_the_choices(tmp_path):
     with pytest.raises(ValueError, match="cifar100"):
         load_dataset("cifar10", "train", 8)

@@ -312,3 +312,21 @@ def test_script_rejects_a_missing_final_model_and_an_unknown_dataset(tmp_path):
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("evaluate.py: error:") and "no_such_data" in last
+
+
+def test_evaluate_reads_the_runs_augmentation_and_data_options(tmp_path):
+    """evaluate.py resizes the test images as the run's own evaluation did (its --augmentation)."""
+    from icasc_tf.cli.evaluate import resolve_settings
+    from icasc_tf.train import RunDir, TrainConfig
+
+    run = RunDir(str(tmp_path / "run"))
+    os.makedirs(run.path)
+    run.write_options(TrainConfig(dataset="cifar100", augmentation="squash", image_size=28, batch_size=8))
+    (tmp_path / "run" / "best.keras").write_bytes(b"")  # only its existence is checked here
+    flag_values = types.SimpleNamespace(
+        model_dir=run.path, model=None, which_model="best", dataset=None, split=None, batch_size=None,
+        data_dir=None, manual_dir=None, image_size=None, dataset_config=None, output=None,
+    )
+    settings = resolve_settings(flag_values)
+    assert (settings["augmentation"], settings["image_size"], settings["batch_size"]) == ("squash", 28, 8)
+    assert (settings["dataset"], settings["split"]) == ("cifar100", "test")

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from icasc_tf import ICASC, AttentionImages, explain
-from icasc_tf.visualize import attention_panel
+from icasc_tf.visualize import PANEL_TILE, attention_panel
 from tests import reference
 from tests.nets import tiny_convnet
 
@@ -131,7 +131,8 @@ def test_an_all_zero_map_says_so_on_its_tile():
     image = np.full((32, 32, 3), 0.5, np.float32)
     live, zero = np.random.default_rng(0).random((4, 4)).astype(np.float32), np.zeros((4, 4), np.float32)
     panel = attention_panel(image, "image", [[("live", live, "overlay"), ("dead", zero, "overlay")]])
-    row_top, cell, tile = 40, 110, 100  # visualize.PANEL_TILE and its margins
+    row_top, tile = 40, PANEL_TILE
+    cell = tile + 10  # the tile and its margins
     centre = lambda column: panel[row_top + 5 + tile // 2 - 6: row_top + 5 + tile // 2 + 6,  # noqa: E731
                                   column * cell + 5 + 20: column * cell + 5 + tile - 20]
     # The dimmed image of a dead map is light grey except for the dark "all zero" letters.

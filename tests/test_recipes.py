@@ -12,6 +12,7 @@ from absl import flags
 from icasc_tf.train import RunDir, TrainConfig, recipes
 from icasc_tf.train import config as run_config
 from icasc_tf.train.recipes import config_from_argv, read_flagfile
+from icasc_tf.train.stream import data_options
 from icasc_tf.train.stream import Splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,6 +101,29 @@ def test_cluttered_digits_keeps_the_defaults():
     assert resolution.recipe is None and resolution.recipe_line == "" and resolution.warnings == []
     # flags/default.flags repeats TrainConfig's defaults: the two cannot drift apart.
     assert _expected(_flagfile("default")) == TrainConfig()
+
+
+def test_photos_fine_tune_an_imagenet_lite_at_its_own_resolution_unless_told():
+    def resolved(*flags):
+        resolution = config_from_argv(["train.py", "--dataset=image_folder", "--weights=imagenet", *flags])
+        return resolution.config.image_size, resolution.notes
+
+    size, notes = resolved("--arch=efficientnet_lite2")
+    assert size == 260 and notes == ["image size: 260 px, efficientnet_lite2's own resolution (--image_size to change it)"]
+    assert resolved("--arch=efficientnet_lite1")[0] == 240
+    assert resolved("--arch=efficientnet_lite1", "--image_size=200") == (200, [])
+    assert resolved("--arch=efficientnet_lite0") == (0, [])  # 224: the folder's own default already
+    assert resolved("--arch=efficientnet_lite2", "--augmentation=none") == (0, [])  # not a photo recipe
+    scratch = config_from_argv(["train.py", "--dataset=image_folder", "--arch=efficientnet_lite2"])
+    assert scratch.config.image_size == 0  # from scratch: the dataset's size
+
+
+def test_augmentation_is_a_flag_passed_to_every_split_of_the_run():
+    config = config_from_argv(["train.py", "--augmentation=squash"]).config
+    assert config.augmentation == "squash" and data_options(config)["augmentation"] == "squash"
+    assert data_options(TrainConfig())["augmentation"] is None  # the dataset's own
+    with pytest.raises(ValueError, match="--augmentation='crop': choose one of , none, cifar, squash, inception"):
+        TrainConfig(augmentation="crop").validate()
 
 
 def test_flagfile_runs_as_today_and_flags_given_twice_are_noted():

@@ -59,6 +59,8 @@ VARIANTS = {
     "efficientnet_lite1": (1.0, 1.1, 240),
     "efficientnet_lite2": (1.1, 1.2, 260),
 }
+# The side each variant was trained on with its ImageNet weights: the size to fine-tune at.
+NATIVE_SIZES = {name: resolution for name, (_, _, resolution) in VARIANTS.items()}
 
 
 def _round_filters(filters, width, divisor=8):

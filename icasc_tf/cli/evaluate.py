@@ -95,6 +95,7 @@ def resolve_settings(flag_values):
         "manual_dir": pick("manual_dir", "manual_dir", None),
         "image_size": int(pick("image_size", "image_size", 0)) or None,
         "dataset_config": list(pick("dataset_config", "dataset_config", [])),
+        "augmentation": config.get("augmentation") or None,  # how the run's evaluation resized
         "seed": int(config.get("seed", 0)),
         "output": output,
         "ks_chart": os.path.splitext(output)[0] + "_ks.png",
@@ -110,6 +111,7 @@ def load_split(settings, crops="single"):
         image_size=settings["image_size"],
         seed=settings["seed"],
         crops=crops,
+        augmentation=settings["augmentation"],
         **TrainConfig(dataset_config=settings["dataset_config"]).options("dataset_config"),
     )
     name, split, batch_size = settings["dataset"], settings["split"], settings["batch_size"]

@@ -23,7 +23,7 @@ from absl import flags
 
 from icasc_tf import ICASC
 from icasc_tf.backbones import IMAGENET_BACKBONES, build_backbone
-from icasc_tf.backbones.efficientnet_lite import VARIANTS
+from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
 from icasc_tf.backbones.imagenet_classes import imagenet_class_names
 from icasc_tf.cli import command
 from icasc_tf.data import load_dataset
@@ -32,8 +32,6 @@ from icasc_tf.photos import bundled_photos, center_square, load_photos, photo_at
 from icasc_tf.train import TrainConfig
 from icasc_tf.train.run_dir import MODELS, RunDir, load_model_file
 from icasc_tf.visualize import top5_figure
-
-NATIVE_SIZES = {name: resolution for name, (_, _, resolution) in VARIANTS.items()}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", "", "Training run folder (holds best.keras, final.keras, config.json).")
@@ -179,6 +177,7 @@ def run():
         options = config.options("dataset_config")
     except ValueError as error:
         raise UserError(str(error)) from None
+    options["augmentation"] = config.augmentation or None  # how the run's evaluation resized
     dataset = FLAGS.dataset or config.dataset
     split = FLAGS.split or config.test_split or get_spec(dataset).test_split
     indices = _indices(FLAGS.images, FLAGS.num_images)

@@ -72,14 +72,17 @@ def _image_size(image_size, default: int) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _check_arguments(name, spec, split, batch_size, training, with_boxes, crops, resize):
+def _check_arguments(name, spec, split, augmentation, batch_size, training, with_boxes, crops, resize):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if resize is not None and (spec.augmentation not in _PHOTO_AUGMENTATIONS or resize < 1):
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"Unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}.")
+    if resize is not None and (augmentation not in _PHOTO_AUGMENTATIONS or resize < 1):
         photo_datasets = [n for n, s in SPECS.items() if s.augmentation in _PHOTO_AUGMENTATIONS]
         raise ValueError(
-            f"resize={resize!r}: a side >= 1 for the datasets that crop after resizing "
-            f"{photo_datasets}; {name!r} is used at its own size (set image_size instead)."
+            f"resize={resize!r}: a side >= 1 for the augmentations that crop after resizing "
+            f"{_PHOTO_AUGMENTATIONS} (the default of {photo_datasets}); {name!r} with {augmentation!r} "
+            "is used at its own size (set image_size instead)."
         )
     if crops not in CROPS:
         raise ValueError(f"crops must be one of {CROPS}, got {crops!r}.")
@@ -88,9 +91,12 @@ def _check_arguments(name, spec, split, batch_size, training, with_boxes, crops,
             raise ValueError(
                 'crops="ten" is for evaluation; pass training=False or crops="single".'
             )
-        if spec.augmentation not in _PHOTO_AUGMENTATIONS:
+        if augmentation not in _PHOTO_AUGMENTATIONS:
             ten_crop_datasets = [n for n, s in SPECS.items() if s.augmentation in _PHOTO_AUGMENTATIONS]
-            raise ValueError(f'crops="ten" works for {ten_crop_datasets}, not {name!r}.')
+            raise ValueError(
+                f'crops="ten" works with the augmentations {_PHOTO_AUGMENTATIONS} (the default of '
+                f"{ten_crop_datasets}), not {name!r} with {augmentation!r}."
+            )
         if with_boxes:
             raise ValueError(
                 'with_boxes=True needs crops="single": a box has no meaning over ten crops.'
@@ -276,6 +282,8 @@ def transform_example(image, box, seed, *, augmentation, size, training, crops, 
     else:
         resize_h, resize_w = max(resize, height), max(resize, width)
     image = tf.image.convert_image_dtype(image, tf.float32)
+    if mean is not None:  # the dataset's normalisation (CIFAR), whatever the augmentation
+        image = image - mean
     crop_seed, flip_seed = (
         (None, None)
         if seed is None
@@ -285,7 +293,6 @@ def transform_example(image, box, seed, *, augmentation, size, training, crops, 
         if tuple(image.shape[:2]) != (height, width):
             image = transforms.resize(image, height, width)
     elif augmentation == "cifar":
-        image = image - mean
         if tuple(image.shape[:2]) != (height, width):
             image = transforms.resize(image, height, width)
         if training:
@@ -335,6 +342,7 @@ def load_dataset(
     hold_out: float = 0.0,
     hold_out_seed: int = 0,
     held_out: bool = False,
+    augmentation: str | None = None,
     **config,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Batches of `(images, labels)` or `(images, labels, boxes)` from one split of `name`.
@@ -351,13 +359,16 @@ def load_dataset(
     `hold_out` > 0 sets aside a seeded (`hold_out_seed`), stratified share of `split`
     (`held_out_ids`): the dataset is the rest, or with `held_out=True` only that share (a
     validation split carved from the training split).
+    `augmentation` (one of `AUGMENTATIONS`; default the dataset's) also sets how evaluation
+    resizes: `squash` and `inception` resize then centre-crop, `none` and `cifar` resize.
     Images are float32 RGB in [0, 1] (CIFAR-100: minus the train pixel mean), [B, H, W, 3] or
     [B, 10, H, W, 3] with crops="ten"; labels int32 [B], or multi-hot float32 [B, C] for
     multi-label data; boxes float32 [B, 4] `[ymin, xmin, ymax, xmax]` in the output image.
     """
     spec = get_spec(name)
     training = split.startswith("train") if training is None else training
-    _check_arguments(name, spec, split, batch_size, training, with_boxes, crops, resize)
+    augmentation = augmentation or spec.augmentation
+    _check_arguments(name, spec, split, augmentation, batch_size, training, with_boxes, crops, resize)
     size = _image_size(image_size, spec.image_size)
     drop_remainder = training if drop_remainder is None else drop_remainder
 
@@ -410,7 +421,7 @@ def load_dataset(
         dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
 
     transform_options = dict(
-        augmentation=spec.augmentation, size=size, training=training, crops=crops, resize=resize, mean=mean
+        augmentation=augmentation, size=size, training=training, crops=crops, resize=resize, mean=mean
     )
     image_feature = None if spec.in_memory else builder.info.features["image"]
 

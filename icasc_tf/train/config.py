@@ -14,6 +14,7 @@ from absl import flags
 from icasc_tf.attention import TRAINABLE_ATTENTIONS
 from icasc_tf.backbones import BACKBONES, check_weights
 from icasc_tf.data import DATASETS
+from icasc_tf.data.registry import AUGMENTATIONS
 from icasc_tf.model import BN_MODES
 from icasc_tf.painless import REDUCTIONS
 
@@ -66,7 +67,12 @@ class TrainConfig:
                                   "dataset's official validation split, ImageNet's and VOC's).")
     test_split: str = _data("", "TFDS split reported at the end, for final.keras and best.keras (default: the "
                             "dataset's test split).")
-    image_size: int = _data(0, "Input size in pixels; 0 = the dataset's default.")
+    image_size: int = _data(0, "Input size in pixels; 0 = the dataset's default (photo datasets fine-tuning an "
+                            "ImageNet EfficientNet-Lite: the backbone's own, 224/240/260).")
+    augmentation: str = _data("", "Augmentation of the training images (and how evaluation resizes): "
+                              + ", ".join(AUGMENTATIONS) + "; '' = the dataset's own (squash for photo folders and "
+                              "Caltech-256, cifar for CIFAR-100 and Fashion-MNIST).",
+                              ("",) + AUGMENTATIONS)
     data_dir: str = _data("", "TFDS data folder (default ~/tensorflow_datasets).")
     manual_dir: str = _data("", "Folder of source files TFDS cannot download (ImageNet, Caltech-256, "
                             "Fashion-MNIST's four files).")

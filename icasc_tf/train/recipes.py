@@ -39,6 +39,8 @@ import os
 from absl import flags
 
 from icasc_tf.backbones import IMAGENET_BACKBONES
+from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
+from icasc_tf.data.registry import get_spec
 from icasc_tf.train import config as run_config
 
 FLAGS_DIR_ENV = "ICASC_TF_FLAGS_DIR"
@@ -179,10 +181,26 @@ def resolve(flag_values, argv):
             resolution.config = dataclasses.replace(config, **taken)
             resolution.recipe = recipe
             resolution.recipe_line = recipe_line(recipe, same_backbone, resolution.config, flag_values)
+    native = native_size_note(resolution.config, flag_values)
+    if native:
+        resolution.config = dataclasses.replace(resolution.config, image_size=native[0])
+        resolution.notes.append(native[1])
     warning = fine_tuning_warning(resolution.config)
     if warning:
         resolution.warnings.append(warning)
     return resolution
+
+
+def native_size_note(config, flag_values):
+    """``(size, note)`` when photos fine-tune an ImageNet EfficientNet-Lite without --image_size:
+    the backbone's own resolution (Lite1 240, Lite2 260) rather than the dataset's 224."""
+    if _given(flag_values, "image_size") or config.image_size or config.weights != "imagenet":
+        return None
+    size = NATIVE_SIZES.get(config.arch)
+    augmentation = config.augmentation or get_spec(config.dataset).augmentation
+    if size is None or augmentation not in ("squash", "inception") or size == get_spec(config.dataset).image_size:
+        return None
+    return size, f"image size: {size} px, {config.arch}'s own resolution (--image_size to change it)"
 
 
 def config_from_argv(argv):

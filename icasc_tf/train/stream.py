@@ -90,7 +90,7 @@ class TrainingStream:
         return load_dataset(
             c.dataset, c.train_split, c.batch_size, training=True, seed=pass_seed(c.seed, index),
             deterministic=c.deterministic or self.replay, reshuffle_each_iteration=False,
-            hold_out=self.splits.hold_out, hold_out_seed=self.splits.seed, **_data_options(c),
+            hold_out=self.splits.hold_out, hold_out_seed=self.splits.seed, **data_options(c),
         )
 
     def batches(self, first, count):
@@ -104,11 +104,13 @@ class TrainingStream:
         return _shard_by_data(dataset.skip(skip).take(count))
 
 
-def _data_options(config):
+def data_options(config):
+    """The ``load_dataset`` options a run's config fixes (folders, size, augmentation, builder options)."""
     return dict(
         data_dir=config.data_dir or None,
         manual_dir=config.manual_dir or None,
         image_size=config.image_size or None,
+        augmentation=config.augmentation or None,
         **config.options("dataset_config"),
     )
 
@@ -127,7 +129,7 @@ def evaluation_split(config, which, splits=None):
     dataset, info = load_dataset(
         config.dataset, getattr(splits, which), config.batch_size, training=False, seed=config.seed,
         deterministic=config.deterministic, hold_out=splits.hold_out if held_out else 0.0,
-        hold_out_seed=splits.seed, held_out=held_out, **_data_options(config),
+        hold_out_seed=splits.seed, held_out=held_out, **data_options(config),
     )
     return _shard_by_data(dataset), info
 
