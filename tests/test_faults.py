@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from icasc_tf.train import RunDir, TrainConfig, run_training
-from icasc_tf.train.callbacks import CheckpointError, ResumableCheckpoint
+from icasc_tf.train.callbacks import CheckpointError, ResumableCheckpoint, StopOnSignal
 from tests.script_output import our_lines
 
 pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them
@@ -201,3 +201,15 @@ def test_scripts_name_a_damaged_model_file(tmp_path, script):
     error = our_lines(result.stderr)[-1]
     assert error.startswith(f"{script}: error: Cannot load {run.model_path('best')}: ")
     assert "The file is damaged or was not written by icasc_tf" in error
+
+
+def test_ctrl_c_once_asks_for_a_clean_stop_and_twice_stops_at_once():
+    previous = signal.getsignal(signal.SIGINT)
+    with StopOnSignal(checkpoint=None, position=None) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between bytecodes
+        assert stop.received == signal.SIGINT  # training goes on to the end of the step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    assert signal.getsignal(signal.SIGINT) is previous  # the handlers are put back
