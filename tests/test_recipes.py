@@ -12,8 +12,7 @@ from absl import flags
 from icasc_tf.train import RunDir, TrainConfig, recipes
 from icasc_tf.train import config as run_config
 from icasc_tf.train.recipes import config_from_argv, read_flagfile
-from icasc_tf.train.stream import data_options
-from icasc_tf.train.stream import Splits
+from icasc_tf.train.stream import Splits, data_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(ROOT, "flags")
@@ -109,7 +108,8 @@ def test_photos_fine_tune_an_imagenet_lite_at_its_own_resolution_unless_told():
         return resolution.config.image_size, resolution.notes
 
     size, notes = resolved("--arch=efficientnet_lite2")
-    assert size == 260 and notes == ["image size: 260 px, efficientnet_lite2's own resolution (--image_size to change it)"]
+    assert size == 260
+    assert notes == ["image size: 260 px, efficientnet_lite2's own resolution (--image_size to change it)"]
     assert resolved("--arch=efficientnet_lite1")[0] == 240
     assert resolved("--arch=efficientnet_lite1", "--image_size=200") == (200, [])
     assert resolved("--arch=efficientnet_lite0") == (0, [])  # 224: the folder's own default already
