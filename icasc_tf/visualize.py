@@ -31,7 +31,7 @@ _MARGIN = 5  # pixels around every tile; the ground-truth frame is drawn in it
 _FRAME_WIDTH = 4
 _GROUP_GAP = 10  # pixels between the rows of different images in top5_figure
 _LEGEND_HEIGHT = 36  # pixels of the colour legend under an attention panel
-PANEL_TILE = 96  # tile side of a TensorBoard panel: 3 cells of 106 px fit its cards without a scrollbar
+PANEL_TILE = 100  # tile side of a TensorBoard panel: 3 cells of 110 px, about the width of its image cards
 
 
 def displayable_image(image):
@@ -319,9 +319,9 @@ def attention_panel(image, caption, rows, box=None, tile_size=PANEL_TILE, alpha=
 
     ``rows``: lists of ``(caption, map_or_None, kind)`` tiles; the image is the first cell of
     the first row, and each further row starts under it. Three cells a row at the default
-    tile size make a panel 318 pixels wide: TensorBoard shows images at their own size in
-    cards whose image area is about 325 pixels wide (measured in a screenshot; a 330-pixel
-    panel showed a scrollbar). A legend says what the colours mean (the mask's grey scale
+    tile size make a panel 330 pixels wide: TensorBoard scales every image to the width of its
+    card (about 350 pixels, seen in a screenshot), so the tiles are drawn near that size and
+    their captions stay readable. A legend says what the colours mean (the mask's grey scale
     when there is a mask tile); all-zero maps are marked on their tiles.
     """
     grid = []
