@@ -42,6 +42,7 @@ from absl import logging as absl_logging
 from icasc_tf import method
 from icasc_tf.data import load_dataset
 from icasc_tf.data.cluttered_digits import ClutteredDigitsConfig
+from icasc_tf.data.registry import get_spec
 from icasc_tf.evaluation.attention_metrics import energy_in_box, pointing_game
 from icasc_tf.selection import confusing_class
 from icasc_tf.train import RunDir
@@ -196,6 +197,12 @@ def main(argv):
         path = RunDir(run).model_path("final")
         if not os.path.exists(path):
             print(f"attention_placement.py: error: no final.keras in {run}", file=sys.stderr)
+            sys.exit(2)
+        config, spec = RunDir(run).config(), get_spec(FLAGS.dataset)
+        if config.augmentation not in ("", spec.augmentation) or config.image_size not in (0, spec.image_size):
+            print(f"attention_placement.py: error: {run} trained with --augmentation={config.augmentation} "
+                  f"--image_size={config.image_size}; the diagnostic reads {FLAGS.dataset}'s test images at the "
+                  "dataset's own size and augmentation only", file=sys.stderr)
             sys.exit(2)
         found[run] = anatomy(RunDir(run).load_model("final"), images, labels.astype(int), ink, boxes)
         cells = [f"{found[run][key]:.2f}" if key in found[run] else "n/a" for key, _ in COLUMNS]

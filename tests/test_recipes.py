@@ -113,7 +113,9 @@ def test_photos_fine_tune_an_imagenet_lite_at_its_own_resolution_unless_told():
     assert resolved("--arch=efficientnet_lite1")[0] == 240
     assert resolved("--arch=efficientnet_lite1", "--image_size=200") == (200, [])
     assert resolved("--arch=efficientnet_lite0") == (0, [])  # 224: the folder's own default already
-    assert resolved("--arch=efficientnet_lite2", "--augmentation=none") == (0, [])  # not a photo recipe
+    cifar = config_from_argv(["train.py", "--dataset=cifar100", "--arch=efficientnet_lite2", "--weights=imagenet",
+                              "--augmentation=squash"])
+    assert cifar.config.image_size == 0 and cifar.notes == []  # not a photo dataset: its own 32 px
     scratch = config_from_argv(["train.py", "--dataset=image_folder", "--arch=efficientnet_lite2"])
     assert scratch.config.image_size == 0  # from scratch: the dataset's size
 
@@ -122,8 +124,27 @@ def test_augmentation_is_a_flag_passed_to_every_split_of_the_run():
     config = config_from_argv(["train.py", "--augmentation=squash"]).config
     assert config.augmentation == "squash" and data_options(config)["augmentation"] == "squash"
     assert data_options(TrainConfig())["augmentation"] is None  # the dataset's own
-    with pytest.raises(ValueError, match="--augmentation='crop': choose one of , none, cifar, squash, inception"):
+    listed = "choose one of '' \\(the dataset's own\\), none, cifar, squash, inception"
+    with pytest.raises(ValueError, match=f"--augmentation='crop': {listed}"):
         TrainConfig(augmentation="crop").validate()
+
+
+def test_a_recorded_run_keeps_its_image_size_and_its_augmentation_means_the_datasets_own(tmp_path):
+    folder = str(tmp_path / "run")
+    flags_ = ["train.py", "--dataset=image_folder", "--arch=efficientnet_lite2", "--weights=imagenet",
+              f"--model_dir={folder}"]
+    os.makedirs(folder)
+    run = RunDir(folder)
+    run.write_options(config_from_argv([*flags_, "--image_size=0"]).config)  # a run from before the native size
+    resumed = config_from_argv(flags_)
+    assert resumed.config.image_size == 0 and resumed.notes == []  # the same command resumes it
+    assert run.changed_options(resumed.config) == []
+    assert config_from_argv([*flags_, "--overwrite"]).config.image_size == 260  # a new run
+    cifar = RunDir(str(tmp_path / "cifar"))
+    os.makedirs(cifar.path)
+    cifar.write_options(TrainConfig(dataset="cifar100"))
+    assert cifar.changed_options(TrainConfig(dataset="cifar100", augmentation="cifar")) == []
+    assert cifar.changed_options(TrainConfig(dataset="cifar100", augmentation="squash")) == ["augmentation"]
 
 
 def test_flagfile_runs_as_today_and_flags_given_twice_are_noted():

@@ -60,7 +60,7 @@ class DatasetInfo:
     test_split: str  # the split results are reported on
     validation_split: str | None  # the official validation split, if the dataset has one
     tfds_name: str  # e.g. "voc/2012" or "cluttered_digits/default"
-    pixel_mean: np.ndarray | None = None  # [H, W, 3] subtracted from the images (CIFAR-100)
+    pixel_mean: np.ndarray | None = None  # [H, W, 3] at the dataset's own size, subtracted before resizing
 
 
 def _image_size(image_size, default: int) -> tuple[int, int]:
@@ -81,7 +81,8 @@ def _check_arguments(name, spec, split, augmentation, batch_size, training, with
         photo_datasets = [n for n, s in SPECS.items() if s.augmentation in _PHOTO_AUGMENTATIONS]
         raise ValueError(
             f"resize={resize!r}: a side >= 1 for the augmentations that crop after resizing "
-            f"{_PHOTO_AUGMENTATIONS} (the default of {photo_datasets}); {name!r} with {augmentation!r} "
+            f"{', '.join(_PHOTO_AUGMENTATIONS)} (the default of {', '.join(photo_datasets)}); {name!r} with "
+            f"{augmentation!r} "
             "is used at its own size (set image_size instead)."
         )
     if crops not in CROPS:
@@ -94,8 +95,8 @@ def _check_arguments(name, spec, split, augmentation, batch_size, training, with
         if augmentation not in _PHOTO_AUGMENTATIONS:
             ten_crop_datasets = [n for n, s in SPECS.items() if s.augmentation in _PHOTO_AUGMENTATIONS]
             raise ValueError(
-                f'crops="ten" works with the augmentations {_PHOTO_AUGMENTATIONS} (the default of '
-                f"{ten_crop_datasets}), not {name!r} with {augmentation!r}."
+                f'crops="ten" works with the augmentations {", ".join(_PHOTO_AUGMENTATIONS)} (the default of '
+                f"{', '.join(ten_crop_datasets)}), not {name!r} with {augmentation!r}."
             )
         if with_boxes:
             raise ValueError(

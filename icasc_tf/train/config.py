@@ -70,8 +70,9 @@ class TrainConfig:
     image_size: int = _data(0, "Input size in pixels; 0 = the dataset's default (photo datasets fine-tuning an "
                             "ImageNet EfficientNet-Lite: the backbone's own, 224/240/260).")
     augmentation: str = _data("", "Augmentation of the training images (and how evaluation resizes): "
-                              + ", ".join(AUGMENTATIONS) + "; '' = the dataset's own (squash for photo folders and "
-                              "Caltech-256, cifar for CIFAR-100 and Fashion-MNIST).",
+                              + ", ".join(AUGMENTATIONS) + "; '' = the dataset's own (squash: photo folders, "
+                              "Caltech-256, CUB, VOC; inception: ImageNet; cifar: CIFAR-100, Fashion-MNIST; none: "
+                              "the cluttered sets).",
                               ("",) + AUGMENTATIONS)
     data_dir: str = _data("", "TFDS data folder (default ~/tensorflow_datasets).")
     manual_dir: str = _data("", "Folder of source files TFDS cannot download (ImageNet, Caltech-256, "
@@ -176,7 +177,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get(_CHOICES)
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"--{f.name}={getattr(self, f.name)!r}: choose one of {', '.join(choices)}.")
+                listed = ", ".join(c or "'' (the dataset's own)" for c in choices)
+                raise ValueError(f"--{f.name}={getattr(self, f.name)!r}: choose one of {listed}.")
         for name, known in (("dataset", DATASETS), ("arch", BACKBONES)):
             if getattr(self, name) not in known:
                 raise ValueError(f"--{name}={getattr(self, name)}: unknown; choose one of {', '.join(known)}.")

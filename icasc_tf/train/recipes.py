@@ -42,6 +42,7 @@ from icasc_tf.backbones import IMAGENET_BACKBONES
 from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
 from icasc_tf.data.registry import get_spec
 from icasc_tf.train import config as run_config
+from icasc_tf.train.run_dir import RunDir
 
 FLAGS_DIR_ENV = "ICASC_TF_FLAGS_DIR"
 REPO_FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags")
@@ -181,7 +182,9 @@ def resolve(flag_values, argv):
             resolution.config = dataclasses.replace(config, **taken)
             resolution.recipe = recipe
             resolution.recipe_line = recipe_line(recipe, same_backbone, resolution.config, flag_values)
-    native = native_size_note(resolution.config, flag_values)
+    config = resolution.config
+    saved = None if config.overwrite else RunDir(config.model_dir).saved_options()
+    native = native_size_note(config, flag_values, saved)
     if native:
         resolution.config = dataclasses.replace(resolution.config, image_size=native[0])
         resolution.notes.append(native[1])
@@ -191,14 +194,14 @@ def resolve(flag_values, argv):
     return resolution
 
 
-def native_size_note(config, flag_values):
-    """``(size, note)`` when photos fine-tune an ImageNet EfficientNet-Lite without --image_size:
-    the backbone's own resolution (Lite1 240, Lite2 260) rather than the dataset's 224."""
-    if _given(flag_values, "image_size") or config.image_size or config.weights != "imagenet":
+def native_size_note(config, flag_values, saved=None):
+    """``(size, note)`` when a photo dataset fine-tunes an ImageNet EfficientNet-Lite without
+    --image_size: the backbone's own resolution (Lite1 240, Lite2 260) rather than the
+    dataset's 224. A run folder that already holds a run (``saved`` options) keeps its size."""
+    if _given(flag_values, "image_size") or config.image_size or config.weights != "imagenet" or saved:
         return None
-    size = NATIVE_SIZES.get(config.arch)
-    augmentation = config.augmentation or get_spec(config.dataset).augmentation
-    if size is None or augmentation not in ("squash", "inception") or size == get_spec(config.dataset).image_size:
+    size, spec = NATIVE_SIZES.get(config.arch), get_spec(config.dataset)
+    if size is None or spec.augmentation not in ("squash", "inception") or size == spec.image_size:
         return None
     return size, f"image size: {size} px, {config.arch}'s own resolution (--image_size to change it)"
 

@@ -20,6 +20,7 @@ import time
 import keras
 
 import icasc_tf  # noqa: F401  (registers ICASC, the backbones' and painless attention's layers)
+from icasc_tf.data.registry import get_spec
 from icasc_tf.train.config import NOT_PART_OF_RUN, TrainConfig
 from icasc_tf.train.files import atomic_write_text
 
@@ -114,9 +115,10 @@ class RunDir:
         current = dataclasses.asdict(config)
         # Options added since the run: what it ran with (LEGACY_VALUES), else their defaults.
         defaults = {**dataclasses.asdict(TrainConfig()), **LEGACY_VALUES}
-        return sorted(
-            k for k in current if k not in NOT_PART_OF_RUN and previous.get(k, defaults[k]) != current[k]
-        )
+        recorded = {k: previous.get(k, defaults[k]) for k in current}
+        for options in (recorded, current):  # '' and the dataset's own augmentation are the same run
+            options["augmentation"] = _augmentation(options)
+        return sorted(k for k in current if k not in NOT_PART_OF_RUN and recorded[k] != current[k])
 
     def metrics(self):
         with open(self.metrics_path, encoding="utf-8") as f:
@@ -232,3 +234,13 @@ def load_model_file(path, finished=True):
             f"Cannot load {path}: {type(error).__name__}: {error}. The file is damaged or was not "
             "written by icasc_tf; retrain, or use the run's other model (best/final)."
         ) from None
+
+
+def _augmentation(options):
+    """The augmentation a run's options mean ('' is the dataset's own)."""
+    if options.get("augmentation"):
+        return options["augmentation"]
+    try:
+        return get_spec(options["dataset"]).augmentation
+    except ValueError:
+        return ""
