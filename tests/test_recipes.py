@@ -102,9 +102,10 @@ def test_cluttered_digits_keeps_the_defaults():
     assert _expected(_flagfile("default")) == TrainConfig()
 
 
-def test_photos_fine_tune_an_imagenet_lite_at_its_own_resolution_unless_told():
+def test_photos_fine_tune_an_imagenet_lite_at_its_own_resolution_unless_told(tmp_path):
     def resolved(*flags):
-        resolution = config_from_argv(["train.py", "--dataset=image_folder", "--weights=imagenet", *flags])
+        resolution = config_from_argv(["train.py", "--dataset=image_folder", "--weights=imagenet",
+                                       f"--model_dir={tmp_path / 'new'}", *flags])
         return resolution.config.image_size, resolution.notes
 
     size, notes = resolved("--arch=efficientnet_lite2")
@@ -114,9 +115,10 @@ def test_photos_fine_tune_an_imagenet_lite_at_its_own_resolution_unless_told():
     assert resolved("--arch=efficientnet_lite1", "--image_size=200") == (200, [])
     assert resolved("--arch=efficientnet_lite0") == (0, [])  # 224: the folder's own default already
     cifar = config_from_argv(["train.py", "--dataset=cifar100", "--arch=efficientnet_lite2", "--weights=imagenet",
-                              "--augmentation=squash"])
+                              "--augmentation=squash", f"--model_dir={tmp_path / 'new'}"])
     assert cifar.config.image_size == 0 and cifar.notes == []  # not a photo dataset: its own 32 px
-    scratch = config_from_argv(["train.py", "--dataset=image_folder", "--arch=efficientnet_lite2"])
+    scratch = config_from_argv(["train.py", "--dataset=image_folder", "--arch=efficientnet_lite2",
+                                f"--model_dir={tmp_path / 'new'}"])
     assert scratch.config.image_size == 0  # from scratch: the dataset's size
 
 
@@ -140,6 +142,10 @@ def test_a_recorded_run_keeps_its_image_size_and_its_augmentation_means_the_data
     assert resumed.config.image_size == 0 and resumed.notes == []  # the same command resumes it
     assert run.changed_options(resumed.config) == []
     assert config_from_argv([*flags_, "--overwrite"]).config.image_size == 260  # a new run
+    other = RunDir(str(tmp_path / "other"))  # a folder holding another dataset's run: no resume
+    os.makedirs(other.path)
+    other.write_options(TrainConfig())
+    assert config_from_argv([*flags_[:-1], f"--model_dir={other.path}"]).config.image_size == 260
     cifar = RunDir(str(tmp_path / "cifar"))
     os.makedirs(cifar.path)
     cifar.write_options(TrainConfig(dataset="cifar100"))

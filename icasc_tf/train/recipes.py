@@ -197,8 +197,10 @@ def resolve(flag_values, argv):
 def native_size_note(config, flag_values, saved=None):
     """``(size, note)`` when a photo dataset fine-tunes an ImageNet EfficientNet-Lite without
     --image_size: the backbone's own resolution (Lite1 240, Lite2 260) rather than the
-    dataset's 224. A run folder that already holds a run (``saved`` options) keeps its size."""
-    if _given(flag_values, "image_size") or config.image_size or config.weights != "imagenet" or saved:
+    dataset's 224. A run of the same dataset and backbone already in the folder (``saved``
+    options) keeps its size, so that the command that started it resumes it."""
+    resuming = saved and (saved.get("dataset"), saved.get("arch")) == (config.dataset, config.arch)
+    if _given(flag_values, "image_size") or config.image_size or config.weights != "imagenet" or resuming:
         return None
     size, spec = NATIVE_SIZES.get(config.arch), get_spec(config.dataset)
     if size is None or spec.augmentation not in ("squash", "inception") or size == spec.image_size:
