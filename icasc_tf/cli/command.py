@@ -18,6 +18,11 @@ def start(body, argv, help_text):
     app.run(body, argv=argv)
 
 
+def module_help(usage, module_name):
+    """``--help`` of evaluate/visualize: the usage lines, then the flags that module defines."""
+    return lambda: usage + "\n\n" + flags.FLAGS.module_help(module_name)
+
+
 def begin(argv):
     """Refuses stray arguments; keeps TFDS's and TensorFlow's info lines out of the output
     unless the user asked for a --verbosity."""

@@ -188,7 +188,7 @@ USAGE = (
 
 def main(argv=None):
     """``icasc-evaluate``: this command's flags for --help; absl's parsing otherwise."""
-    command.start(_main, argv, lambda: USAGE + "\n\n" + FLAGS.module_help(__name__))
+    command.start(_main, argv, command.module_help(USAGE, __name__))
 
 
 if __name__ == "__main__":
