@@ -5,7 +5,7 @@ feature layer, for given classes or the top-k predicted ones, computed from the 
 the class's pre-softmax score (docs/method.md §1.1). ``ICASC.attention_maps`` (both of ICASC's
 layers) and the ``AttentionImages`` callback are built on ``class_maps`` below, so the
 gradient-to-map code has one home (with ``icasc_tf.method``). Upsampling and overlays are
-``icasc_tf.visualize``'s.
+``icasc_tf.figures``'s.
 """
 
 import keras

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_images
 
 from icasc_tf.data.image_folder import to_rgb
-from icasc_tf.visualize import render_panel
+from icasc_tf.figures import render_panel
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # (attention, layer) per row; A_ch is ICASC's map, Grad-CAM the usual reference.

@@ -52,7 +52,7 @@ from icasc_tf.train import config as run_config
 from icasc_tf.train.files import atomic_write_json, atomic_write_text
 from icasc_tf.train.run import build_model
 from icasc_tf.train.stream import Splits, data_options
-from icasc_tf.visualize import top5_figure
+from icasc_tf.figures import top5_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the Agg backend is chosen

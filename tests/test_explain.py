@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from icasc_tf import ICASC, AttentionImages, explain
-from icasc_tf.visualize import PANEL_TILE, attention_panel
+from icasc_tf.figures import PANEL_TILE, attention_panel
 from tests import reference
 from tests.nets import tiny_convnet
 

@@ -428,7 +428,7 @@ def test_bad_input_errors_name_the_problem_and_fix():
 
 
 def test_attention_warmup_ramps_the_attention_terms():
-    from icasc_tf.callbacks import AttentionWarmup
+    from icasc_tf.fit_callbacks import AttentionWarmup
 
     backbone = tiny_convnet(batch_norm=False)
     model = ICASC(backbone, "inner", "last")

@@ -1,2 +1,2 @@
 """The command lines (``scripts/*.py`` and the ``icasc-*`` console commands): thin absl mains
-over ``icasc_tf.train`` (train), ``icasc_tf.evaluation`` (evaluate) and ``icasc_tf.visualize``."""
+over ``icasc_tf.train`` (train), ``icasc_tf.evaluation`` (evaluate) and ``icasc_tf.figures``."""

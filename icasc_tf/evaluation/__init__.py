@@ -8,7 +8,7 @@ from icasc_tf.evaluation.attention_metrics import (
     pointing_game,
     upsample_maps,
 )
-from icasc_tf.evaluation.evaluate import evaluate_model
+from icasc_tf.evaluation.evaluator import evaluate_model
 from icasc_tf.evaluation.ks_chart import ks_chart
 from icasc_tf.evaluation.statistics import ks_statistic, multilabel_scores
 

@@ -18,11 +18,11 @@ import tensorflow as tf
 
 from icasc_tf import painless
 from icasc_tf.backbones import build_backbone
-from icasc_tf.callbacks import AttentionImages, AttentionWarmup
+from icasc_tf.fit_callbacks import AttentionImages, AttentionWarmup
 from icasc_tf.data.registry import get_spec
 from icasc_tf.feature_maps import HEAD_LAYER
 from icasc_tf.model import ICASC
-from icasc_tf.train.callbacks import (
+from icasc_tf.train.run_callbacks import (
     BestModel,
     LearningRateLogger,
     OncePerRun,

@@ -2,7 +2,7 @@
 checkpoints, its best model, the learning rate in the logs, its TensorBoard scalars, and the
 two wrappers that let a run call ``fit`` once per epoch.
 
-Callbacks for your own ``model.fit`` (attention images, warm-up) are in ``icasc_tf.callbacks``.
+Callbacks for your own ``model.fit`` (attention images, warm-up) are in ``icasc_tf.fit_callbacks``.
 
 Why ``TrainingSummaries`` and not ``keras.callbacks.TensorBoard(update_freq=N)``: in Keras 3.15 it enters
 ``tf.summary.record_if(step % N == 0)`` at ``on_train_begin`` and keeps a condition of that

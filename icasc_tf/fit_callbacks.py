@@ -1,5 +1,5 @@
 """Callbacks for any ``model.fit`` of an ICASC model: attention maps as TensorBoard images,
-and a warm-up of the attention losses. (A training run's own callbacks: ``icasc_tf.train.callbacks``.)"""
+and a warm-up of the attention losses. (A training run's own callbacks: ``icasc_tf.train.run_callbacks``.)"""
 
 import os
 
@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from icasc_tf import painless, visualize
+from icasc_tf import figures, painless
 from icasc_tf.explain import default_layers, explain, predicted_probabilities
 from icasc_tf.losses import target_mask
 from icasc_tf.selection import confusing_class
@@ -156,7 +156,7 @@ class AttentionImages(keras.callbacks.Callback):
                 rows = [true_rows, ([("target mask", mask[i], "mask")] if mask is not None else []) + confusing_rows]
             if painless_outputs is not None:
                 rows.append(self._painless_tiles(painless_outputs, i))
-            panels.append(visualize.attention_panel(self.display[i], caption, rows))
+            panels.append(figures.attention_panel(self.display[i], caption, rows))
         return panels
 
     @staticmethod

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from icasc_tf import ICASC
-from icasc_tf.visualize import FRAME_COLOR, overlay, render_panel, top5_figure
+from icasc_tf.figures import FRAME_COLOR, overlay, render_panel, top5_figure
 from tests.nets import tiny_convnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
