@@ -19,8 +19,8 @@ from icasc_tf.attention import (
     grad_cam_plus_plus,
     pixel_wise_attention,
 )
-from icasc_tf.fit_callbacks import AttentionImages, AttentionWarmup
 from icasc_tf.explain import explain
+from icasc_tf.fit_callbacks import AttentionImages, AttentionWarmup
 from icasc_tf.model import ICASC
 
 __all__ = [

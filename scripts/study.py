@@ -47,12 +47,12 @@ from icasc_tf.data import load_dataset
 from icasc_tf.data.registry import get_spec
 from icasc_tf.evaluation import evaluate_model
 from icasc_tf.evaluation.statistics import difference_to_baseline
+from icasc_tf.figures import top5_figure
 from icasc_tf.train import RunDir, RunExistsError, run_training
 from icasc_tf.train import config as run_config
 from icasc_tf.train.files import atomic_write_json, atomic_write_text
 from icasc_tf.train.run import build_model
 from icasc_tf.train.stream import Splits, data_options
-from icasc_tf.figures import top5_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the Agg backend is chosen

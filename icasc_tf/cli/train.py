@@ -18,9 +18,9 @@ from absl import flags
 
 from icasc_tf.cli import command
 from icasc_tf.train import config as run_config
-from icasc_tf.train.run_callbacks import CheckpointError, RunInterrupted
 from icasc_tf.train.recipes import resolve
 from icasc_tf.train.run import run_training
+from icasc_tf.train.run_callbacks import CheckpointError, RunInterrupted
 
 run_config.define_flags()
 FLAGS = flags.FLAGS

@@ -28,10 +28,10 @@ from icasc_tf.backbones.imagenet_classes import imagenet_class_names
 from icasc_tf.cli import command
 from icasc_tf.data import load_dataset
 from icasc_tf.data.registry import get_spec
+from icasc_tf.figures import top5_figure
 from icasc_tf.photos import bundled_photos, center_square, load_photos, photo_attention_figure
 from icasc_tf.train import TrainConfig
 from icasc_tf.train.run_dir import MODELS, RunDir, load_model_file
-from icasc_tf.figures import top5_figure
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", "", "Training run folder (holds best.keras, final.keras, config.json).")

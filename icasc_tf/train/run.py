@@ -18,10 +18,12 @@ import tensorflow as tf
 
 from icasc_tf import painless
 from icasc_tf.backbones import build_backbone
-from icasc_tf.fit_callbacks import AttentionImages, AttentionWarmup
 from icasc_tf.data.registry import get_spec
 from icasc_tf.feature_maps import HEAD_LAYER
+from icasc_tf.fit_callbacks import AttentionImages, AttentionWarmup
 from icasc_tf.model import ICASC
+from icasc_tf.train.config import TrainConfig
+from icasc_tf.train.files import atomic_save_model, atomic_write_json
 from icasc_tf.train.run_callbacks import (
     BestModel,
     LearningRateLogger,
@@ -34,8 +36,6 @@ from icasc_tf.train.run_callbacks import (
     previous_best,
     previous_best_record,
 )
-from icasc_tf.train.config import TrainConfig
-from icasc_tf.train.files import atomic_save_model, atomic_write_json
 from icasc_tf.train.run_dir import RunDir, RunLock
 from icasc_tf.train.strategy import is_chief, make_strategy, task_id
 from icasc_tf.train.stream import evaluation_split, load_data
