@@ -8,6 +8,8 @@ gradients dY/dF are themselves differentiated (second-order terms, §1.6), unles
 ``second_order=False`` detaches them (first order: what the public PyTorch port computes).
 """
 
+import math
+
 import tensorflow as tf
 
 from icasc_tf import losses as L
@@ -17,6 +19,42 @@ ATTENTION_TERMS = ("as_inner", "as_last", "ac")
 # Diagnostics, not losses: 1 where the target's map is all zero at that layer. Such a sample
 # leaves all three terms at once (zero mask: both L_AS are 0, L_AC sits at theta, no gradient).
 ZERO_MAP_TERMS = ("zero_target_inner", "zero_target_last")
+
+
+def check_hyperparameters(loss_weights, sigma, omega, theta, prefix=""):
+    """The ICASC hyperparameters as floats, refused outside their meaningful range.
+
+    The one home of these ranges (``ICASC(...)`` and the training command both call it; ``prefix``
+    is ``"--"`` for flags). Out of range, the attention losses go silently dead: with
+    ``sigma >= 1`` the mask is zero everywhere, so both separation terms are 0 and the
+    consistency term a constant (what the public PyTorch port does by accident).
+    """
+    try:
+        weights = tuple(float(w) for w in loss_weights)
+    except (TypeError, ValueError):
+        weights = ()
+    if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(
+            f"{prefix}loss_weights must be three finite non-negative numbers, the weights of (L_AS^in, L_AS^la, "
+            f"L_AC); got {loss_weights}."
+        )
+    checks = (
+        ("sigma", sigma, lambda v: 0 < v < 1, "in (0, 1): the mask threshold as a fraction of the map's maximum "
+         "(at 1 or above the mask is zero everywhere and the attention losses are dead)"),
+        ("omega", omega, lambda v: v > 0, "> 0: the mask's sharpness"),
+        ("theta", theta, lambda v: 0 <= v <= 1, "in [0, 1]: the share of the inner map the consistency term asks "
+         "to lie inside the mask"),
+    )
+    values = []
+    for name, value, ok, meaning in checks:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and ok(number)):
+            raise ValueError(f"{prefix}{name} must be {meaning}; got {value}.")
+        values.append(number)
+    return (weights, *values)
 
 
 def class_gradients(tap, images, choose, *, training, head=None, dtype=tf.float32):

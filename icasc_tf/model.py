@@ -82,12 +82,7 @@ class ICASC(KerasCompat, keras.Model):
         self._map_function = get_attention(attention, trainable=True)  # ``self.attention`` is its name
         if bn_mode not in BN_MODES:
             raise ValueError(f"Unknown bn_mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}.")
-        loss_weights = tuple(float(w) for w in loss_weights)
-        if len(loss_weights) != 3 or min(loss_weights) < 0:
-            raise ValueError(
-                "loss_weights must be three non-negative numbers, the weights of "
-                f"(L_AS^in, L_AS^la, L_AC); got {loss_weights}."
-            )
+        loss_weights, sigma, omega, theta = method.check_hyperparameters(loss_weights, sigma, omega, theta)
         self.backbone = backbone
         self.inner_layer = inner_layer
         self.last_layer = last_layer
@@ -95,7 +90,7 @@ class ICASC(KerasCompat, keras.Model):
         self.multi_label = bool(multi_label)
         self.loss_weights = loss_weights
         self.bn_mode = bn_mode
-        self.sigma, self.omega, self.theta = float(sigma), float(omega), float(theta)
+        self.sigma, self.omega, self.theta = sigma, omega, theta
         self.mask_gradient = bool(mask_gradient)
         self.second_order = bool(second_order)
         self.lr_multipliers = dict(lr_multipliers or {})
