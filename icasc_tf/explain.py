@@ -1,192 +1,103 @@
 """Class activation maps of any Keras 3 classifier: ``explain(model, images)``.
 
-The maps are those of ``icasc_tf.attention`` (Grad-CAM, A_ch, Grad-CAM++, A_px) at one
-feature layer, for given classes or the top-k predicted ones, computed from the gradient of
-the class's pre-softmax score (docs/method.md §1.1). ``ICASC.attention_maps`` (both of ICASC's
-layers) and the ``AttentionImages`` callback are built on ``class_maps`` below, so the
-gradient-to-map code has one home (with ``icasc_tf.method``). Upsampling and overlays are
-``icasc_tf.figures``'s.
+The maps are those of ``icasc_tf.attention`` (Grad-CAM, A_ch, Grad-CAM++, A_px) at feature
+layers named by path through nested models (``icasc_tf.feature_maps``), for given classes or
+the top-k predicted ones, from the gradient of the class's pre-softmax score (docs/method.md
+§1.1; the gradient-to-map code is ``icasc_tf.method.class_maps``). ``Explainer`` builds a
+model's tap once for repeated calls (the ``AttentionImages`` panels, the figures). Upsampling
+and overlays are ``icasc_tf.figures``'s.
 """
 
 import keras
-import tensorflow as tf
+import numpy as np
 
-from icasc_tf import method
 from icasc_tf.attention import ATTENTION_FUNCTIONS, get_attention
-from icasc_tf.feature_maps import feature_layer, feature_map_names
+from icasc_tf.feature_maps import FeatureGraph
+from icasc_tf.method import class_maps as method_maps
+from icasc_tf.model import ICASC
 from icasc_tf.selection import probabilities as class_probabilities
 
 OUTPUTS = ("auto", "logits", "probabilities")
-_SQUASHING = {"softmax": False, "sigmoid": True}  # activation name -> multi-label probabilities
 
 
-def _check_images(images):
-    images = tf.convert_to_tensor(images, tf.float32)
-    if images.shape.rank != 4:
-        raise ValueError(f"images must be a [batch, height, width, channels] batch; got {tuple(images.shape)}.")
-    return images
+class Explainer:
+    """Maps of one classifier at fixed layers, its tap built once.
 
-
-def class_maps(tap, images, attention, classes=None, top_k=1, multi_label=False):
-    """Maps at the tap's two feature layers for given classes, or the top-k predicted ones.
-
-    ``tap(images)`` returns ``(f_a, f_b, logits)``; ``attention`` is a name of
-    ``ATTENTION_FUNCTIONS``. Returns NumPy ``classes`` and ``probabilities`` ``[B, k]`` and
-    the maps ``[B, k, h, w]`` of each layer as ``"a"`` and ``"b"``.
+    Args:
+      model: a functional or Sequential Keras 3 classifier (nested models included), or an
+        ``ICASC`` model.
+      layers: layer names or paths (``"base/out_relu"``) with 4-D outputs; default ICASC's inner
+        and last layers, else the network's last feature map before its spatial pooling.
+      output: ``"auto"`` (a final softmax or sigmoid is recognised and the maps come from the
+        scores before it), ``"logits"`` (the output is the scores) or ``"probabilities"``
+        (insist on a final softmax/sigmoid).
+      multi_label: the scores are per-class sigmoid scores (recognised by itself after a sigmoid).
+    ``layers`` holds the resolved paths; ``multi_label`` whether the scores are sigmoid scores.
     """
-    function = get_attention(attention)
-    images = _check_images(images)
-    chosen = {}
 
-    def choose(logits):
-        probs = class_probabilities(logits, multi_label)
-        if classes is None:
-            ids = tf.math.top_k(probs, k=top_k).indices
+    def __init__(self, model, layers=None, output="auto", multi_label=False):
+        if output not in OUTPUTS:
+            raise ValueError(f"Unknown output {output!r}: choose one of {', '.join(OUTPUTS)}.")
+        if isinstance(model, ICASC):
+            graph, scores, self.multi_label = model.graph, model.scores, model.multi_label
+            layers = [model.inner_layer, model.last_layer] if layers is None else layers
         else:
-            ids = tf.convert_to_tensor(classes, tf.int32)
-            ids = ids[:, None] if ids.shape.rank == 1 else ids
-        chosen.update(classes=ids, probabilities=tf.gather(probs, ids, batch_dims=1))
-        return [tf.one_hot(ids[:, j], probs.shape[-1]) for j in range(ids.shape[1])]
+            graph = FeatureGraph(model)
+            scores, sigmoid = graph.scores(output)
+            self.multi_label = sigmoid or bool(multi_label)
+            layers = [graph.default_map()] if layers is None else layers
+        if isinstance(layers, str) or not list(layers):
+            raise ValueError(f"layers must be a list of layer names or paths; got {layers!r}.")
+        self.model = model
+        self.layers = [graph.resolve(name, "layer") for name in layers]
+        self.graph = graph
+        self._tap = graph.tap(self.layers, scores, name="explain_tap")
+        self._scores = keras.Model(graph.input, scores, name="explain_scores")
 
-    f_a, f_b, _, gradients = method.class_gradients(tap, images, choose, training=False)
-    maps = method.maps_from_gradients(function, f_a, f_b, gradients)
-    return {
-        "classes": chosen["classes"].numpy(),
-        "probabilities": chosen["probabilities"].numpy(),
-        "a": tf.stack([a for a, _ in maps], axis=1).numpy(),
-        "b": tf.stack([b for _, b in maps], axis=1).numpy(),
-    }
+    def maps(self, images, method="gradcam", classes=None, top_k=1):
+        """``{"classes", "probabilities": [B, k], "maps": {layer path: [B, k, h, w]}}`` (NumPy), the
+        maps unnormalised at each layer's own resolution."""
+        return method_maps(self._tap, self.layers, images, _check_method(method), classes=classes, top_k=top_k,
+                           multi_label=self.multi_label)
 
-
-def _is_icasc(model):
-    return all(hasattr(model, name) for name in ("backbone", "inner_layer", "last_layer"))
-
-
-def _classifier(model):
-    """The Keras classifier inside ``model`` (an ICASC model's backbone, else the model)."""
-    model = model.backbone if _is_icasc(model) else model
-    if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
-        raise ValueError(
-            "explain needs a functional or Sequential Keras model built on a keras.Input (so its layers "
-            f"can be tapped by name); got {type(model).__name__}."
-        )
-    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
-        raise ValueError(
-            f"explain needs one output of class scores [batch, classes]; {model.name!r} has "
-            f"{[tuple(o.shape) for o in model.outputs]}."
-        )
-    return model
+    def probabilities(self, images):
+        """Class probabilities (inference mode): softmax, or sigmoid for sigmoid scores, of the scores.
+        A direct call, not ``predict`` (which gathers across workers)."""
+        scores = self._scores(np.asarray(images, np.float32), training=False)
+        return class_probabilities(scores, self.multi_label).numpy()
 
 
-def _squashing(layer):
-    """``"softmax"``/``"sigmoid"`` when ``layer`` turns scores into probabilities, else None."""
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    name = getattr(getattr(layer, "activation", None), "__name__", "")
-    return name if name in _SQUASHING else None
-
-
-def _scores(model, output):
-    """The pre-activation class scores of ``model`` (a symbolic tensor) and whether they are
-    sigmoid (multi-label) scores.
-
-    ``"auto"``: when the last layer applies softmax or sigmoid, the scores before it (a
-    ``Softmax``/``Activation`` layer's input, or a copy of a Dense layer without activation,
-    sharing its weights); otherwise the output itself. ``"probabilities"`` insists on such a
-    last layer; ``"logits"`` takes the output as it is.
-    """
-    last = model.layers[-1]
-    squash = _squashing(last)
-    if output == "logits" or (output == "auto" and squash is None):
-        return model.outputs[0], False
-    if squash is None:
-        raise ValueError(
-            f"output='probabilities' needs a last layer that applies softmax or sigmoid; {last.name!r} is a "
-            f"{type(last).__name__}. Pass output='logits' (or 'auto') if it outputs scores."
-        )
-    if isinstance(last, (keras.layers.Softmax, keras.layers.Activation)):
-        return last.input, _SQUASHING[squash]
-    if not hasattr(last, "kernel"):
-        raise ValueError(f"Cannot take the scores before {last.name!r}'s {squash}: end the model with a Dense layer "
-                         "and a separate Softmax/Activation layer, or pass output='logits'.")
-    config = {**last.get_config(), "activation": "linear", "name": f"{last.name}_scores"}
-    linear = last.__class__.from_config(config)
-    scores = linear(last.input)
-    linear.set_weights(last.get_weights())
-    return scores, _SQUASHING[squash]
-
-
-def _feature_layer(classifier, layer):
-    """The named 4-D layer of the model's own graph (default: the last one that is not a nested
-    model, whose layers this graph cannot reach)."""
-    nested = {sub.name for sub in classifier.layers if isinstance(sub, keras.Model)}
-    if layer is None:
-        candidates = [name for name in feature_map_names(classifier) if name not in nested]
-        if not candidates:
-            raise ValueError(
-                f"{classifier.name!r} has no 4-D feature layer of its own"
-                + (f" (its feature maps are inside the nested model(s) {', '.join(sorted(nested))})" if nested else "")
-                + ": build it functionally, e.g. keras.Model(base.input, head(base.output)), so that explain can "
-                "tap a layer by name."
-            )
-        layer = candidates[-1]
-    if layer in nested:
-        raise ValueError(
-            f"layer={layer!r} is a nested model: explain taps layers of {classifier.name!r}'s own graph. Build the "
-            f"classifier functionally from it (keras.Model({layer}.input, head({layer}.output))) and name one of "
-            "its layers."
-        )
-    return feature_layer(classifier, layer, "layer")
+def _check_method(name):
+    if name not in ATTENTION_FUNCTIONS:
+        raise ValueError(f"Unknown method {name!r}: choose one of {', '.join(ATTENTION_FUNCTIONS)}.")
+    return get_attention(name)
 
 
 def explain(model, images, layer=None, method="gradcam", classes=None, top_k=1, output="auto"):
     """Class activation maps of a Keras classifier's images, at one of its feature layers.
 
     Args:
-      model: a functional or Sequential Keras 3 classifier (or an ``ICASC`` model).
+      model: a functional or Sequential Keras 3 classifier, nested models included (a pretrained
+        base called as one layer, as in Keras's transfer-learning guide), or an ``ICASC`` model.
       images: ``[B, H, W, C]`` as the model takes them (inference mode is used).
-      layer: name of a layer with a 4-D ``[batch, h, w, channels]`` output; default the last one.
+      layer: name or path (``"mobilenetv2_1.00_96/out_relu"``) of a layer with a 4-D
+        ``[batch, h, w, channels]`` output; default the last feature map before the network's
+        spatial pooling (an ICASC model's last layer).
       method: ``"gradcam"``, ``"ach"``, ``"gradcampp"`` or ``"apx"``.
       classes: ``[B]`` or ``[B, k]`` class ids; default the ``top_k`` predicted classes.
-      output: ``"auto"`` (a last layer applying softmax or sigmoid is recognised), ``"logits"``
-        (the model outputs scores) or ``"probabilities"`` (insist on softmax/sigmoid). The maps
+      output: ``"auto"``, ``"logits"`` or ``"probabilities"``, as in ``Explainer``. The maps
         always come from the pre-activation scores; probabilities are softmax (sigmoid) of them.
     Returns a dict of NumPy arrays: ``"maps"`` ``[B, k, h, w]`` (unnormalised, at the layer's
-    resolution), ``"classes"`` and ``"probabilities"`` ``[B, k]``, and ``"layer"``, its name.
+    resolution), ``"classes"`` and ``"probabilities"`` ``[B, k]``, and ``"layer"``, its path.
     """
-    if output not in OUTPUTS:
-        raise ValueError(f"Unknown output {output!r}: choose one of {', '.join(OUTPUTS)}.")
-    if method not in ATTENTION_FUNCTIONS:
-        raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(ATTENTION_FUNCTIONS)}.")
-    classifier = _classifier(model)
-    feature = _feature_layer(classifier, layer)
-    scores, multi_label = _scores(classifier, output)
-    inputs = classifier.inputs[0] if len(classifier.inputs) == 1 else classifier.inputs  # as the model is called
-    tap = keras.Model(inputs, [feature.output, feature.output, scores])
-    maps = class_maps(tap, images, method, classes=classes, top_k=top_k, multi_label=multi_label)
-    return {
-        "maps": maps["b"],
-        "classes": maps["classes"],
-        "probabilities": maps["probabilities"],
-        "layer": feature.name,
-    }
+    _check_method(method)
+    if layer is None and isinstance(model, ICASC):
+        layer = model.last_layer
+    explainer = Explainer(model, None if layer is None else [layer], output)
+    out = explainer.maps(images, method, classes=classes, top_k=top_k)
+    path = explainer.layers[0]
+    return {"maps": out["maps"][path], "classes": out["classes"], "probabilities": out["probabilities"],
+            "layer": path}
 
 
-def predicted_probabilities(model, images, output="auto", multi_label=False):
-    """The model's class probabilities of ``images`` (inference mode): its own output when its last
-    layer applies softmax or sigmoid (``output`` as in ``explain``), else softmax (sigmoid with
-    ``multi_label``) of its scores. A direct call, not ``predict`` (which gathers across workers)."""
-    outputs = keras.ops.convert_to_numpy(model(images, training=False))
-    if output == "probabilities" or (output == "auto" and _squashing(_classifier(model).layers[-1])):
-        return outputs
-    return class_probabilities(outputs, multi_label).numpy()
-
-
-def default_layers(model):
-    """The layers whose maps to show for ``model``: ICASC's inner and last, else its last 4-D one."""
-    if _is_icasc(model):
-        return [model.inner_layer, model.last_layer]
-    return [_feature_layer(_classifier(model), None).name]
-
-
-__all__ = ["OUTPUTS", "class_maps", "default_layers", "explain", "predicted_probabilities"]
+__all__ = ["OUTPUTS", "Explainer", "explain"]

@@ -1,6 +1,13 @@
-"""Callbacks for any ``model.fit`` of an ICASC model: attention maps as TensorBoard images,
-and a warm-up of the attention losses. (A training run's own callbacks: ``icasc_tf.train.run_callbacks``.)"""
+"""Callbacks for any ``model.fit``: attention maps as TensorBoard panels (``AttentionImages``), and a
+warm-up of ICASC's attention losses. (A training run's own callbacks: ``icasc_tf.train.run_callbacks``.)
 
+A panel is built from rows: a row builder is one function ``builder(panels, i) -> rows`` (each
+row a list of ``(caption, map, kind)`` tiles, see ``icasc_tf.figures.attention_panel``) that
+reads what it needs from ``Panels``; ``PANEL_ROWS`` are the default ones, and
+``AttentionImages(rows=...)`` takes any list.
+"""
+
+import functools
 import os
 
 import keras
@@ -8,8 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 from icasc_tf import figures, painless
-from icasc_tf.explain import default_layers, explain, predicted_probabilities
+from icasc_tf.explain import Explainer
 from icasc_tf.losses import target_mask
+from icasc_tf.model import ICASC
 from icasc_tf.selection import confusing_class
 
 
@@ -46,20 +54,114 @@ class AttentionWarmup(keras.callbacks.Callback):
     on_epoch_end = on_train_batch_end
 
 
+class Panels:
+    """What one write's panels are drawn from; a row builder's argument. Shared values are
+    computed once per write, on first use (``once``)."""
+
+    def __init__(self, model, explainer, images, labels, class_names, method, multi_label):
+        self.model, self.explainer, self.images, self.labels = model, explainer, images, labels
+        self.class_names, self.method, self.multi_label = class_names, method, multi_label
+        self._cache = {}
+
+    def once(self, key, compute):
+        """``compute()``, computed at the first call with ``key`` in this write."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    @functools.cached_property
+    def probabilities(self):
+        return self.explainer.probabilities(self.images)
+
+    @functools.cached_property
+    def truth(self):
+        """The true class of each image (with several: the best-scored positive)."""
+        if self.multi_label:
+            return np.argmax(np.where(self.labels > 0, self.probabilities, -1.0), axis=-1)
+        return self.labels.astype(int).reshape(-1)
+
+    @functools.cached_property
+    def confusing(self):
+        return confusing_class(self.labels, self.probabilities, self.multi_label).numpy()
+
+    @functools.cached_property
+    def maps(self):
+        """``{label: [B, 2, h, w]}``: the (true, most confusing) classes' maps at each layer."""
+        classes = np.stack([self.truth, self.confusing], axis=1)
+        maps = self.explainer.maps(self.images, self.method, classes=classes)["maps"]
+        labels = _layer_labels(self.model, self.explainer.layers)
+        return {labels[path]: maps[path] for path in self.explainer.layers}
+
+    def name(self, index):
+        if self.class_names is None or index >= len(self.class_names):
+            return str(index)
+        return str(self.class_names[index])
+
+
+def _layer_labels(model, paths):
+    if isinstance(model, ICASC) and paths == [model.inner_layer, model.last_layer]:
+        return {model.inner_layer: "inner layer", model.last_layer: "last layer"}
+    return {path: path for path in paths}
+
+
+def class_map_rows(panels, i):
+    """The true and the most confusing class's maps at each layer, with their probabilities; for
+    ICASC the target mask under the image. One row when there is one layer."""
+    t, c = panels.truth[i], panels.confusing[i]
+    p = panels.probabilities[i]
+    true = [(f"true: {panels.name(t)}\np={p[t]:.2f}, {layer}", m[i, 0], "overlay") for layer, m in panels.maps.items()]
+    confusing = [(f"most confusing: {panels.name(c)}\np={p[c]:.2f}, {layer}", m[i, 1], "overlay")
+                 for layer, m in panels.maps.items()]
+    if len(panels.maps) == 1:
+        return [true + confusing]
+    mask = _target_mask(panels)
+    return [true, ([("target mask", mask[i], "mask")] if mask is not None else []) + confusing]
+
+
+def _target_mask(panels):
+    """ICASC's target mask (docs/method.md §1.4) from the last layer's true-class map, at image size."""
+    model = panels.model
+    if not isinstance(model, ICASC) or "last layer" not in panels.maps:
+        return None
+    return panels.once("target_mask", lambda: target_mask(
+        tf.constant(panels.maps["last layer"][:, 0]), size=panels.images.shape[1:3], sigma=model.sigma,
+        omega=model.omega).numpy())
+
+
+def painless_rows(panels, i):
+    """Painless attention's masks, one tile per head of each module, and the gates (WRNA)."""
+    backbone = panels.model.backbone if isinstance(panels.model, ICASC) else panels.model
+    if not painless.has_painless_attention(backbone):
+        return []
+    outputs = panels.once("painless", lambda: painless.painless_probe(backbone)(panels.images, training=False))
+    tiles = []
+    for m, module_masks in enumerate(outputs["masks"]):
+        module_masks = np.asarray(module_masks)
+        for h in range(module_masks.shape[-1]):
+            tiles.append((f"painless module {m} head {h}", module_masks[i, ..., h], "overlay"))
+    gates = " ".join(f"{g:.2f}" for g in np.asarray(outputs["gates"])[i])
+    caption, attention, kind = tiles[-1]
+    tiles[-1] = (f"{caption}\ngates {gates}", attention, kind)
+    return [tiles]
+
+
+PANEL_ROWS = (class_map_rows, painless_rows)
+
+
 class AttentionImages(keras.callbacks.Callback):
     """Attention maps of fixed images as TensorBoard panels, at every epoch end (and every N steps).
 
     Works in any ``model.fit``: for an ``ICASC`` model the panels show its inner and last
-    layers, its own map (A_ch by default) and its target mask; for any other Keras classifier,
-    Grad-CAM (``method``) at ``layers`` (default: its last 4-D feature layer). Each panel: the
-    image with its true class, then the true class's and the most confusing class's maps at
-    each layer with their probabilities (ICASC: a row each, the target mask under the image),
-    with painless attention each head's mask and the gates; a legend says what the colours
-    mean, and an all-zero map says so on its tile. Tags ``attention/00``, ``attention/01``...
-    sort in image order; their step is the number of epochs done (1 after the first). With
-    ``every`` = N > 0 and ``position`` (an object whose ``global_step`` counts train steps,
-    e.g. a training run's ``RunPosition``), the panels are also written every N steps under
-    ``attention_steps/NN``.
+    layers, its own map (A_ch by default) and its target mask; for any other Keras classifier
+    (a pretrained base nested in it included), Grad-CAM (``method``) at ``layers`` (default: the
+    last feature map before its spatial pooling, never a preprocessing layer's output). Each panel:
+    the image with its true class, then the rows of ``rows`` (default ``PANEL_ROWS``: the true and
+    the most confusing class's maps at each layer with their probabilities, the ICASC target mask,
+    painless attention's masks and gates); a legend says what the colours mean, and an all-zero map
+    says so on its tile. Tags ``attention/00``, ``attention/01``... sort in image order; their step
+    is the number of epochs done (1 after the first). With ``every`` = N > 0 and ``position`` (an
+    object whose ``global_step`` counts train steps, e.g. a training run's ``RunPosition``), the
+    panels are also written every N steps under ``attention_steps/NN``.
 
     Writes are wrapped in ``tf.summary.record_if(True)``: a recording condition set by
     another callback (Keras's ``TensorBoard(update_freq=N)`` sets one for all of ``fit``)
@@ -71,14 +173,16 @@ class AttentionImages(keras.callbacks.Callback):
       images, labels: the images as the model takes them, and their int labels (multi-hot
         with ``multi_label=True``).
       class_names: one name per class (default: class ids).
-      layers: names of 4-D feature layers (default: ICASC's inner and last, else the last one).
+      layers: names or paths of 4-D feature layers (default: ICASC's inner and last, else the
+        last feature map before pooling).
       method: the map (``icasc_tf.explain``'s methods; default: ICASC's own, else ``"gradcam"``).
       output: as in ``explain``: ``"auto"`` recognises a last layer that applies softmax/sigmoid.
       display: the images as they should be shown (default ``images``, rescaled to [0, 1]).
+      rows: the row builders, ``builder(panels, i) -> list of rows`` (default ``PANEL_ROWS``).
     """
 
     def __init__(self, log_dir, images, labels, class_names=None, layers=None, method=None, output="auto",
-                 multi_label=False, display=None, every=0, position=None):
+                 multi_label=False, display=None, every=0, position=None, rows=PANEL_ROWS):
         super().__init__()
         if every and position is None:
             raise ValueError("AttentionImages(every=N) needs position=, an object with the run's global_step.")
@@ -95,97 +199,34 @@ class AttentionImages(keras.callbacks.Callback):
         self.output = output
         self.multi_label = multi_label
         self.display = self.images if display is None else display  # scaled to [0, 1] when drawn
+        self.rows = tuple(rows)
         self._writer = None
-        self._probe = None
+        self._explainer = None
 
-    # ------------------------------------------------------------------ what is drawn
-    def _maps(self, classes):
-        """``{layer: [B, 2, h, w]}`` for the (true, most confusing) classes, and the layers' labels."""
-        model = self.model
-        icasc = self._is_icasc()
-        layers = self.layers or default_layers(model)
-        if icasc and layers == [model.inner_layer, model.last_layer]:
-            maps = model.attention_maps(self.images, classes=classes, attention=self.method)
-            return {"inner layer": maps["inner"], "last layer": maps["last"]}
-        method = self.method or (model.attention if icasc else "gradcam")
-        return {
-            layer: explain(model, self.images, layer=layer, method=method, classes=classes, output=self.output)["maps"]
-            for layer in layers
-        }
+    def _explainer_of(self, model):
+        """The model's ``Explainer``, built once (the tap shares the model's layers and weights)."""
+        if self._explainer is None or self._explainer.model is not model:
+            self._explainer = Explainer(model, self.layers, self.output, self.multi_label)
+        return self._explainer
 
     def on_train_begin(self, logs=None):
         """Fail before the first epoch, not at its end, on a model whose maps cannot be drawn."""
-        for layer in self.layers or default_layers(self.model):
-            explain(self.model, self.images[:1], layer=layer, method=self.method or "gradcam", output=self.output)
+        self._explainer_of(self.model).maps(self.images[:1], self._method())
 
-    def _probabilities(self):
-        # Only the chief draws the images: a direct call (predict() gathers across workers).
-        return predicted_probabilities(self.model, self.images, self.output, self.multi_label)
+    def _method(self):
+        return self.method or (self.model.attention if isinstance(self.model, ICASC) else "gradcam")
 
     def _panels(self):
         model = self.model
-        probs = self._probabilities()
-        if self.multi_label:
-            truth = np.argmax(np.where(self.labels > 0, probs, -1.0), axis=-1)  # best-scored positive
-        else:
-            truth = self.labels.astype(int).reshape(-1)
-        confusing = confusing_class(self.labels, probs, self.multi_label).numpy()
-        maps = self._maps(np.stack([truth, confusing], axis=1))
-        mask = None
-        if hasattr(model, "sigma") and "last layer" in maps:
-            mask = target_mask(
-                tf.constant(maps["last layer"][:, 0]), size=self.images.shape[1:3], sigma=model.sigma,
-                omega=model.omega,
-            ).numpy()
-        painless_outputs = self._painless_outputs()
-        panels = []
+        multi_label = model.multi_label if isinstance(model, ICASC) else self.multi_label
+        panels = Panels(model, self._explainer_of(model), self.images, self.labels, self.class_names,
+                        self._method(), multi_label)
+        drawn = []
         for i in range(len(self.images)):
-            t, c = truth[i], confusing[i]
-            true_rows = [
-                (f"true: {self._name(t)}\np={probs[i, t]:.2f}, {layer}", m[i, 0], "overlay")
-                for layer, m in maps.items()
-            ]
-            confusing_rows = [
-                (f"most confusing: {self._name(c)}\np={probs[i, c]:.2f}, {layer}", m[i, 1], "overlay")
-                for layer, m in maps.items()
-            ]
-            caption = f"image {i}\ntrue: {self._name(t)}"
-            if len(maps) == 1:
-                rows = [true_rows + confusing_rows]
-            else:
-                rows = [true_rows, ([("target mask", mask[i], "mask")] if mask is not None else []) + confusing_rows]
-            if painless_outputs is not None:
-                rows.append(self._painless_tiles(painless_outputs, i))
-            panels.append(figures.attention_panel(self.display[i], caption, rows))
-        return panels
-
-    @staticmethod
-    def _painless_tiles(outputs, i):
-        tiles = []
-        for m, module_masks in enumerate(outputs["masks"]):
-            for h in range(module_masks.shape[-1]):
-                tiles.append((f"painless module {m} head {h}", module_masks[i, ..., h], "overlay"))
-        gates = " ".join(f"{g:.2f}" for g in outputs["gates"][i])
-        caption, attention, kind = tiles[-1]
-        tiles[-1] = (f"{caption}\ngates {gates}", attention, kind)
-        return tiles
-
-    def _painless_outputs(self):
-        backbone = self.model.backbone if self._is_icasc() else self.model
-        if not any(layer.name.startswith(painless.PREFIX) for layer in backbone.layers):
-            return None
-        if self._probe is None:
-            self._probe = painless.painless_probe(backbone)
-        out = self._probe(self.images, training=False)
-        return {"masks": [np.asarray(m) for m in out["masks"]], "gates": np.asarray(out["gates"])}
-
-    def _is_icasc(self):
-        return all(hasattr(self.model, name) for name in ("backbone", "inner_layer", "last_layer"))
-
-    def _name(self, index):
-        if self.class_names is None or index >= len(self.class_names):
-            return str(index)
-        return str(self.class_names[index])
+            rows = [row for builder in self.rows for row in builder(panels, i) if row]
+            drawn.append(figures.attention_panel(self.display[i], f"image {i}\ntrue: {panels.name(panels.truth[i])}",
+                                                 rows))
+        return drawn
 
     # ------------------------------------------------------------------ writing
     def _write(self, prefix, step):

@@ -107,3 +107,24 @@ class KerasCompat:
         if multi_worker(tf.distribute.get_strategy()):
             return {k: tf.reshape(v, [1]) for k, v in results.items()}
         return results
+
+
+# ---------------------------------------------------------------------- reading a model's graph
+# icasc_tf.feature_maps walks a functional model's graph to call its layers again (nested models
+# included). Keras 3 has no public API for a Functional's nodes: ``keras.models.clone_model``'s
+# ``call_function`` sees every call, but cloning a nested model on an outer tensor rebuilds that
+# tensor's history (the outer graph loses its input), so the walk itself is taken from Keras.
+
+
+def is_functional(model):
+    """A model built from a graph of layers (``keras.Model(inputs, outputs)`` and its subclasses)."""
+    from keras.src.models.functional import Functional  # Keras 3.12-3.15: not exported publicly
+
+    return isinstance(model, Functional)
+
+
+def run_functional_graph(model, inputs, call):
+    """Calls ``call(operation, *args, **kwargs)`` at each node of ``model``'s graph in order, with
+    the node's own arguments, on ``inputs``; returns the outputs. Keras 3.12-3.15's
+    ``Function._run_through_graph(inputs, operation_fn, call_fn)``, as ``clone_model`` uses it."""
+    return model._run_through_graph([inputs], operation_fn=lambda operation: operation, call_fn=call)

@@ -1,6 +1,7 @@
 """ICASC in one screen (docs/method.md §1), as plain functions; ``ICASC`` wires them into Keras.
 
-One tapped forward pass gives the inner and last feature maps F and the logits; the
+One tapped forward pass gives the inner and last feature maps F and the logits (``class_maps``:
+the same for any layers and classes, in inference mode); the
 gradients dY/dF of the target's and the most confusing class's scores give their
 attention maps at both layers; the last-layer target map gives a mask; three per-sample
 losses compare the maps inside it. Called under an outer ``tf.GradientTape``, the
@@ -13,7 +14,7 @@ import math
 import tensorflow as tf
 
 from icasc_tf import losses as L
-from icasc_tf.selection import confusing_one_hot, target_one_hot
+from icasc_tf.selection import confusing_one_hot, probabilities, target_one_hot
 
 ATTENTION_TERMS = ("as_inner", "as_last", "ac")
 # Diagnostics, not losses: 1 where the target's map is all zero at that layer. Such a sample
@@ -58,35 +59,64 @@ def check_hyperparameters(loss_weights, sigma, omega, theta, prefix=""):
 
 
 def class_gradients(tap, images, choose, *, training, head=None, dtype=tf.float32):
-    """Feature maps, logits and, per class selection, dY/dF at both layers, from one forward pass.
+    """Feature maps, logits and, per class selection, dY/dF at every tapped layer, from one forward pass.
 
-    ``tap(images)`` returns ``(f_inner, f_last, logits)``. ``choose(logits)`` returns
-    selectors ``[B, C]`` (one-hot or multi-hot; Y is the sum of the selected scores), one
-    ``(g_inner, g_last)`` pair each. With ``head`` (``bn_mode="exact"``), the scores are
-    recomputed from f_inner by the layers after it in inference mode, so each sample's
-    gradient is its own despite BatchNormalization (§1.1).
+    ``tap(images)`` returns ``[F_1, ..., F_n, logits]``. ``choose(logits)`` returns selectors
+    ``[B, C]`` (one-hot or multi-hot; Y is the sum of the selected scores), one list of n
+    gradients each. With ``head`` (``bn_mode="exact"``), ``head(F_1)`` recomputes
+    ``[F_2, ..., F_n, logits]`` in inference mode, so each sample's gradient is its own despite
+    BatchNormalization (§1.1).
     """
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(images)
-        f_inner, f_last, logits = tap(images, training=training)
+        *features, logits = tap(images, training=training)
         scores = logits
         if head is not None:
-            tape.watch(f_inner)
-            f_last, scores = head(f_inner, training=False)
+            tape.watch(features[0])
+            *rest, scores = head(features[0], training=False)
+            features = [features[0], *rest]
         scores = tf.cast(scores, dtype)
         totals = [tf.reduce_sum(scores * tf.cast(s, dtype), axis=-1) for s in choose(logits)]
-    gradients = [tape.gradient(total, [f_inner, f_last]) for total in totals]
+    gradients = [tape.gradient(total, features) for total in totals]
     del tape
-    return f_inner, f_last, logits, gradients
+    return features, logits, gradients
 
 
-def maps_from_gradients(attention, f_inner, f_last, gradients, dtype=tf.float32):
-    """One ``(inner, last)`` pair of maps ``[B, h, w]`` per ``(g_inner, g_last)`` pair."""
-    f_inner, f_last = tf.cast(f_inner, dtype), tf.cast(f_last, dtype)
-    return [
-        (attention(f_inner, tf.cast(g_inner, dtype)), attention(f_last, tf.cast(g_last, dtype)))
-        for g_inner, g_last in gradients
-    ]
+def maps_from_gradients(attention, features, gradients, dtype=tf.float32):
+    """Per class selection, one map ``[B, h, w]`` per layer, from that layer's F and dY/dF."""
+    features = [tf.cast(f, dtype) for f in features]
+    return [[attention(f, tf.cast(g, dtype)) for f, g in zip(features, selected)] for selected in gradients]
+
+
+def class_maps(tap, layers, images, attention, classes=None, top_k=1, multi_label=False):
+    """Maps at the tap's layers for given classes, or the top-k predicted ones (inference mode).
+
+    ``tap(images)`` returns one feature map per name of ``layers``, then the class scores;
+    ``attention`` is a map function of ``icasc_tf.attention``. Returns NumPy ``classes`` and
+    ``probabilities`` ``[B, k]`` and ``maps``: ``{layer: [B, k, h, w]}``.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    if images.shape.rank != 4:
+        raise ValueError(f"images must be a [batch, height, width, channels] batch; got {tuple(images.shape)}.")
+    chosen = {}
+
+    def choose(logits):
+        probs = probabilities(logits, multi_label)
+        if classes is None:
+            ids = tf.math.top_k(probs, k=top_k).indices
+        else:
+            ids = tf.convert_to_tensor(classes, tf.int32)
+            ids = ids[:, None] if ids.shape.rank == 1 else ids
+        chosen.update(classes=ids, probabilities=tf.gather(probs, ids, batch_dims=1))
+        return [tf.one_hot(ids[:, j], probs.shape[-1]) for j in range(ids.shape[1])]
+
+    features, _, gradients = class_gradients(tap, images, choose, training=False)
+    maps = maps_from_gradients(attention, features, gradients)
+    return {
+        "classes": chosen["classes"].numpy(),
+        "probabilities": chosen["probabilities"].numpy(),
+        "maps": {layer: tf.stack([m[i] for m in maps], axis=1).numpy() for i, layer in enumerate(layers)},
+    }
 
 
 def separation_and_consistency(target, confusing, *, sigma=0.55, omega=100.0, theta=0.8, mask_gradient=False):
@@ -123,12 +153,12 @@ def attention_terms(tap, images, labels, *, attention, num_classes, multi_label,
         target = target_one_hot(labels, num_classes, multi_label)
         return [target, confusing_one_hot(target, logits)]
 
-    f_inner, f_last, logits, gradients = class_gradients(
+    features, logits, gradients = class_gradients(
         tap, images, target_and_confusing, training=training, head=head, dtype=dtype
     )
     if not second_order:
         gradients = tf.nest.map_structure(tf.stop_gradient, gradients)
-    target, confusing = maps_from_gradients(attention, f_inner, f_last, gradients, dtype)
+    target, confusing = maps_from_gradients(attention, features, gradients, dtype)
     terms = separation_and_consistency(target, confusing, **mask_options)
     terms["logits"] = logits
     return terms

@@ -12,8 +12,7 @@ import tensorflow as tf
 
 from icasc_tf import method
 from icasc_tf.attention import get_attention
-from icasc_tf.explain import class_maps
-from icasc_tf.feature_maps import feature_layer
+from icasc_tf.feature_maps import FeatureGraph
 from icasc_tf.keras_compat import LABEL_ERROR, KerasCompat
 from icasc_tf.lr_multipliers import GradientScales
 from icasc_tf.method import ATTENTION_TERMS, ZERO_MAP_TERMS
@@ -21,28 +20,18 @@ from icasc_tf.method import ATTENTION_TERMS, ZERO_MAP_TERMS
 BN_MODES = ("batch", "exact")
 
 
-def _check_backbone(backbone):
-    if not isinstance(backbone, keras.Model) or not hasattr(backbone, "inputs"):
-        raise ValueError(
-            "backbone must be a functional keras.Model (built with keras.Input), so "
-            f"that its feature maps can be tapped by layer name; got {type(backbone).__name__}."
-        )
-    if len(backbone.outputs) != 1 or len(backbone.outputs[0].shape) != 2:
-        shapes = [tuple(o.shape) for o in backbone.outputs]
-        raise ValueError(
-            f"backbone must have one output of class logits [batch, classes]; it has {shapes}. "
-            "End it with a Dense layer without activation."
-        )
-
-
 @keras.saving.register_keras_serializable(package="icasc_tf")
 class ICASC(KerasCompat, keras.Model):
     """Classifier trained with attention separation (L_AS) and consistency (L_AC).
 
     Args:
-      backbone: functional Keras classifier whose single output is logits ``[B, C]``.
-      inner_layer, last_layer: names of the backbone's layers whose 4-D outputs are
-        the inner and last feature maps (docs/method.md §1.3).
+      backbone: a functional or Sequential Keras classifier (a pretrained base nested in it
+        included) with one output of class scores ``[B, C]``: logits, or probabilities from a
+        final softmax (sigmoid with ``multi_label``), whose pre-activation scores are then used.
+        ICASC itself outputs the logits.
+      inner_layer, last_layer: names or paths (``"base/out_relu"``) of the layers whose 4-D
+        outputs are the inner and last feature maps (docs/method.md §1.3); default (both
+        None) the last map before the spatial pooling and the last map at twice its resolution.
       attention: ``"ach"`` (default), ``"gradcam"`` or ``"apx"``.
       multi_label: labels are multi-hot ``[B, C]``; classification loss is the
         multilabel soft margin and the target map uses all positive classes.
@@ -61,8 +50,8 @@ class ICASC(KerasCompat, keras.Model):
     def __init__(
         self,
         backbone,
-        inner_layer,
-        last_layer,
+        inner_layer=None,
+        last_layer=None,
         attention="ach",
         multi_label=False,
         loss_weights=(1.0, 1.0, 1.0),
@@ -76,9 +65,15 @@ class ICASC(KerasCompat, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_backbone(backbone)
-        inner = feature_layer(backbone, inner_layer, "inner_layer")
-        last = feature_layer(backbone, last_layer, "last_layer")
+        graph = FeatureGraph(backbone)
+        inner_layer, last_layer = self._layer_pair(graph, inner_layer, last_layer)
+        scores, sigmoid = graph.scores("auto")
+        if sigmoid and not multi_label:
+            raise ValueError(f"{backbone.name!r} ends in a sigmoid (one probability per class): pass multi_label=True "
+                             "with multi-hot labels, or end it with softmax or logits for one class per image.")
+        if scores.shape[-1] is None or scores.shape[-1] < 2:
+            raise ValueError(f"ICASC needs two or more class scores (a target and a most confusing class); "
+                             f"{backbone.name!r} has {scores.shape[-1]}. Give a binary classifier two logits.")
         self._map_function = get_attention(attention, trainable=True)  # ``self.attention`` is its name
         if bn_mode not in BN_MODES:
             raise ValueError(f"Unknown bn_mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}.")
@@ -86,6 +81,7 @@ class ICASC(KerasCompat, keras.Model):
         self.backbone = backbone
         self.inner_layer = inner_layer
         self.last_layer = last_layer
+        self._graph, self._scores = graph, scores
         self.attention = attention
         self.multi_label = bool(multi_label)
         self.loss_weights = loss_weights
@@ -94,14 +90,13 @@ class ICASC(KerasCompat, keras.Model):
         self.mask_gradient = bool(mask_gradient)
         self.second_order = bool(second_order)
         self.lr_multipliers = dict(lr_multipliers or {})
-        self.num_classes = int(backbone.outputs[0].shape[-1])
+        self.num_classes = int(scores.shape[-1])
         # Attention and losses run in float32 (also under mixed precision), float64 if asked.
-        self._loss_dtype = tf.float64 if backbone.outputs[0].dtype == "float64" else tf.float32
-        # One forward pass yields both feature maps and the logits.
-        self._tap = keras.Model(
-            backbone.input, [inner.output, last.output, backbone.output], name="feature_tap"
-        )
-        self._head = self._build_head(backbone, inner, last) if bn_mode == "exact" else None
+        self._loss_dtype = tf.float64 if scores.dtype == "float64" else tf.float32
+        # One forward pass yields both feature maps and the logits; the plain step needs the logits alone.
+        self._tap = graph.tap([inner_layer, last_layer], scores)
+        self._logits = backbone if scores is graph.output else keras.Model(graph.input, scores, name="logits_of")
+        self._head = self._build_head(graph, inner_layer, last_layer, scores) if bn_mode == "exact" else None
         self._trackers = {
             name: keras.metrics.Mean(name=name)
             for name in ("loss", "classification_loss") + ATTENTION_TERMS + ZERO_MAP_TERMS
@@ -112,19 +107,38 @@ class ICASC(KerasCompat, keras.Model):
         self.built = True  # the backbone is built, so is this wrapper
 
     @staticmethod
-    def _build_head(backbone, inner, last):
+    def _layer_pair(graph, inner_layer, last_layer):
+        if (inner_layer is None) != (last_layer is None):
+            raise ValueError("Give both inner_layer and last_layer, or neither (the default pair: "
+                             f"{', '.join(graph.default_pair())}).")
+        if inner_layer is None:
+            return graph.default_pair()
+        return graph.resolve(inner_layer, "inner_layer"), graph.resolve(last_layer, "last_layer")
+
+    @staticmethod
+    def _build_head(graph, inner, last, scores):
         try:
-            return keras.Model(inner.output, [last.output, backbone.output], name="attention_head")
+            return keras.Model(graph.tensor(inner), [graph.tensor(last), scores], name="attention_head")
         except ValueError as error:
             raise ValueError(
-                f"bn_mode='exact' re-runs the layers after inner_layer={inner.name!r}, but the "
+                f"bn_mode='exact' re-runs the layers after inner_layer={inner!r}, but the "
                 f"logits also depend on earlier layers that bypass it ({error}). Choose a "
                 "stage output as inner_layer, or use bn_mode='batch'."
             ) from None
 
+    @property
+    def graph(self):
+        """The backbone's ``FeatureGraph`` (its layers by path, nested models included)."""
+        return self._graph
+
+    @property
+    def scores(self):
+        """The symbolic class scores (logits) of ``graph`` the maps and losses are taken from."""
+        return self._scores
+
     # ------------------------------------------------------------------ Keras API
     def call(self, inputs, training=None):
-        return self.backbone(inputs, training=training)
+        return self._logits(inputs, training=training)
 
     def compile(self, optimizer="sgd", loss=None, **kwargs):
         """Keras's compile, without ``loss``: ICASC computes its classification loss itself."""
@@ -195,7 +209,7 @@ class ICASC(KerasCompat, keras.Model):
                 mask_gradient=self.mask_gradient,
             )
         else:
-            terms = {"logits": self.backbone(images, training=training)}
+            terms = {"logits": self._logits(images, training=training)}
         terms["classification_loss"] = method.classification_loss(
             labels, terms["logits"], self.multi_label, self._loss_dtype
         )
@@ -285,13 +299,13 @@ class ICASC(KerasCompat, keras.Model):
         ``inner`` ``[B, k, h_in, w_in]`` and ``last`` ``[B, k, h_la, w_la]``. (One layer of any
         Keras classifier: ``icasc_tf.explain``.)
         """
-        maps = class_maps(
-            self._tap, images, attention or self.attention, classes=classes, top_k=top_k,
+        layers = [self.inner_layer, self.last_layer]
+        maps = method.class_maps(
+            self._tap, layers, images, get_attention(attention or self.attention), classes=classes, top_k=top_k,
             multi_label=self.multi_label,
         )
-        return {
-            "classes": maps["classes"], "probabilities": maps["probabilities"], "inner": maps["a"], "last": maps["b"],
-        }
+        return {"classes": maps["classes"], "probabilities": maps["probabilities"],
+                "inner": maps["maps"][self.inner_layer], "last": maps["maps"][self.last_layer]}
 
     # ------------------------------------------------------------------ saving
     def get_config(self):

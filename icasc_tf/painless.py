@@ -22,7 +22,7 @@ import keras
 from keras import ops
 
 from icasc_tf.backbones import Backbone
-from icasc_tf.feature_maps import HEAD_LAYER, feature_layer, feature_map_names
+from icasc_tf.feature_maps import HEAD_LAYER, FeatureGraph
 
 REDUCTIONS = ("avg", "projection")
 GATE_MODES = ("learned", "uniform", "network")
@@ -201,46 +201,33 @@ def _module_name(index):
     return f"{MODULE_PREFIX}{index}"
 
 
-def _feature_map(model, name):
-    """The 4-D output of layer ``name``, with errors that list the valid choices."""
-    return feature_layer(model, name, "layer_names").output
-
-
-def _network_output(model):
-    """The ``logits`` Dense layer: its input feeds the network gate, its output is out_net."""
-    try:
-        layer = model.get_layer(HEAD_LAYER)
-    except ValueError:
+def _network_output(graph):
+    """The ``logits`` Dense layer's input (it feeds the network gate) and output (out_net)."""
+    layer, features = graph.final_layer()
+    if getattr(layer, "name", None) != HEAD_LAYER:
         raise ValueError(
-            f"Model {model.name!r} has no layer named {HEAD_LAYER!r}. End the classifier "
-            f"with keras.layers.Dense(classes, name={HEAD_LAYER!r}) (no activation)."
-        ) from None
-    if len(model.outputs) != 1 or model.outputs[0] is not layer.output:
-        raise ValueError(
-            f"Model {model.name!r} must have a single output, that of its {HEAD_LAYER!r} "
-            "layer; painless attention combines that output with its heads' hypotheses."
+            f"Model {graph.model.name!r} must end with its {HEAD_LAYER!r} layer, whose output painless attention "
+            f"combines with its heads' hypotheses: end the classifier with keras.layers.Dense(classes, "
+            f"name={HEAD_LAYER!r}) (no activation)."
         )
-    if (
-        not isinstance(layer, keras.layers.Dense)
-        or layer.activation is not keras.activations.linear
-    ):
+    if not isinstance(layer, keras.layers.Dense) or layer.activation is not keras.activations.linear:
         raise ValueError(
             f"Layer {HEAD_LAYER!r} must be a Dense layer without activation (class logits); "
             f"got {type(layer).__name__} with activation {getattr(layer, 'activation', None)}."
         )
-    if len(layer.input.shape) != 2:
+    if len(features.shape) != 2:
         raise ValueError(
             f"Layer {HEAD_LAYER!r} must take pooled features [batch, features]; its input "
-            f"has shape {tuple(layer.input.shape)}. Pool the feature map before it."
+            f"has shape {tuple(features.shape)}. Pool the feature map before it."
         )
-    return layer.input, layer.output
+    return features, graph.output
 
 
 def _is_backbone(backbone):
     return isinstance(backbone, Backbone)
 
 
-def _resolve_layer_names(backbone, depth, layer_names):
+def _resolve_layer_names(backbone, graph, depth, layer_names):
     """Explicit names win; a Backbone defaults to its deepest ``depth`` stage outputs."""
     if layer_names is not None:
         layer_names = list(layer_names)
@@ -253,11 +240,7 @@ def _resolve_layer_names(backbone, depth, layer_names):
             )
         return layer_names
     if not _is_backbone(backbone):
-        candidates = feature_map_names(backbone)
-        raise ValueError(
-            "A plain keras.Model needs explicit layer_names (deepest first). "
-            f"Layers with 4-D feature maps: {', '.join(candidates)}."
-        )
+        raise ValueError(f"A plain keras.Model needs explicit layer_names (deepest first). {graph.candidates()}")
     depth = 1 if depth is None else int(depth)
     stages = list(backbone.stage_layers)
     if not 1 <= depth <= len(stages):
@@ -282,12 +265,14 @@ def add_painless_attention(
     """Add ``depth`` attention modules of ``width`` heads to a classifier (WRN -> WRNA).
 
     Args:
-      backbone: a functional ``keras.Model`` whose single output is a linear Dense named
-        ``logits`` (then ``layer_names`` is required), or an ``icasc_tf.backbones.Backbone``.
+      backbone: a functional or Sequential ``keras.Model`` (nested models included) whose single
+        output is a linear Dense named ``logits`` (then ``layer_names`` is required), or an
+        ``icasc_tf.backbones.Backbone``.
       depth: attention depth AD; default ``len(layer_names)``, or 1 for a Backbone, whose
         deepest ``depth`` stage outputs are used (deepest first, as in the paper).
       width: attention width AW, masks per module.
-      layer_names: names of the layers whose 4-D outputs get a module, deepest first.
+      layer_names: names or paths (``"base/out_relu"``) of the layers whose 4-D outputs get a
+        module, deepest first.
       reduction: ``"avg"`` or ``"projection"`` (see ``PainlessAttention``).
       gamma: weight of each module's mask regulariser L_R.
       gates: ``"learned"`` (the paper), ``"uniform"`` or ``"network"`` (see ``PainlessOutput``).
@@ -295,7 +280,8 @@ def add_painless_attention(
 
     Returns the same kind it got: a new functional model whose output is the combined
     logits (a Backbone keeps its inner/last/stage layer names). The new model reuses the
-    backbone's layers and weights; build a fresh backbone to keep an independent copy.
+    backbone's layers and weights, called in one flat graph (a nested model's layers become
+    its own); build a fresh backbone to keep an independent copy.
     """
     combine = PainlessOutput(gates=gates, name=OUTPUT_NAME)  # checks ``gates`` before anything is built
     if int(width) < 1:
@@ -309,9 +295,10 @@ def add_painless_attention(
             "backbone must be a functional keras.Model or an icasc_tf.backbones.Backbone; "
             f"got {type(backbone).__name__}."
         )
-    names = _resolve_layer_names(backbone, depth, layer_names)
-    feature_maps = [_feature_map(model, layer_name) for layer_name in names]
-    net_features, net_logits = _network_output(model)
+    graph = FeatureGraph(model)
+    names = _resolve_layer_names(backbone, graph, depth, layer_names)
+    feature_maps = [graph.tensor(graph.resolve(layer_name, "layer_names")) for layer_name in names]
+    net_features, net_logits = _network_output(graph)
     classes = int(net_logits.shape[-1])
     learned = gates == "learned"
 
@@ -332,10 +319,16 @@ def add_painless_attention(
         if learned:
             scores.append(outputs[2])
     logits, _ = combine(net_logits, head_logits, scores if learned else None)
-    wrapped = keras.Model(model.input, logits, name=name or f"{model.name}_painless")
+    wrapped = keras.Model(graph.input, logits, name=name or f"{model.name}_painless")
     if _is_backbone(backbone):
         return dataclasses.replace(backbone, model=wrapped)
     return wrapped
+
+
+def has_painless_attention(model):
+    """Whether ``model`` (or a Backbone holding it) has painless attention modules."""
+    model = model.model if _is_backbone(model) else model
+    return any(isinstance(layer, PainlessAttention) for layer in model.layers)
 
 
 def painless_probe(model):

@@ -414,7 +414,7 @@ def test_bad_input_errors_name_the_problem_and_fix():
         ICASC(backbone, "inner", "last", attention="cam")
     with pytest.raises(ValueError, match="batch, exact"):
         ICASC(backbone, "inner", "last", bn_mode="fast")
-    with pytest.raises(ValueError, match="one output of class logits"):
+    with pytest.raises(ValueError, match="one output of class scores"):
         ICASC(keras.Model(backbone.input, backbone.get_layer("last").output), "inner", "last")
     model = ICASC(backbone, "inner", "last")
     with pytest.raises(ValueError, match="without loss="):
