@@ -7,6 +7,9 @@ differentiable tensor expressions, which is what lets the ICASC losses reach the
 weights through g (second-order terms, docs/method.md §1.6).
 """
 
+import dataclasses
+from collections.abc import Callable
+
 import tensorflow as tf
 
 
@@ -42,21 +45,35 @@ def grad_cam_plus_plus(features, grads):
     return tf.nn.relu(tf.reduce_sum(alpha * features, axis=-1))
 
 
-ATTENTION_FUNCTIONS = {
-    "ach": channel_weighted_attention,
-    "gradcam": grad_cam,
-    "apx": pixel_wise_attention,
-    "gradcampp": grad_cam_plus_plus,
+@dataclasses.dataclass(frozen=True)
+class AttentionMap:
+    """A registered map: its function and whether ICASC may train with it."""
+
+    function: Callable
+    trainable: bool = True
+
+
+# The one registry of attention maps: a new map is a function above and one entry here.
+ATTENTIONS = {
+    "ach": AttentionMap(channel_weighted_attention),
+    "gradcam": AttentionMap(grad_cam),
+    "apx": AttentionMap(pixel_wise_attention),
+    # Grad-CAM++ needs g^3 and is meant for evaluation only (docs/method.md §1.1).
+    "gradcampp": AttentionMap(grad_cam_plus_plus, trainable=False),
 }
-# Grad-CAM++ needs g^3 and is meant for evaluation only (docs/method.md §1.1).
-TRAINABLE_ATTENTIONS = ("ach", "gradcam", "apx")
+
+
+def attention_names(trainable=False):
+    """The registered names (with ``trainable``, those ICASC may train with), in registry order."""
+    return tuple(name for name, entry in ATTENTIONS.items() if entry.trainable or not trainable)
+
+
+TRAINABLE_ATTENTIONS = attention_names(trainable=True)  # the training command's choices
 
 
 def get_attention(name, trainable=False):
     """Look an attention function up by name; ``trainable`` restricts to the training ones."""
-    choices = TRAINABLE_ATTENTIONS if trainable else tuple(ATTENTION_FUNCTIONS)
+    choices = attention_names(trainable)
     if name not in choices:
-        raise ValueError(
-            f"Unknown attention {name!r}: choose one of {', '.join(choices)}."
-        )
-    return ATTENTION_FUNCTIONS[name]
+        raise ValueError(f"Unknown attention {name!r}: choose one of {', '.join(choices)}.")
+    return ATTENTIONS[name].function

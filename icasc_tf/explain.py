@@ -1,6 +1,6 @@
 """Class activation maps of any Keras 3 classifier: ``explain(model, images)``.
 
-The maps are those of ``icasc_tf.attention`` (Grad-CAM, A_ch, Grad-CAM++, A_px) at feature
+The maps are those of ``icasc_tf.attention.ATTENTIONS`` (Grad-CAM, A_ch...) at feature
 layers named by path through nested models (``icasc_tf.feature_maps``), for given classes or
 the top-k predicted ones, from the gradient of the class's pre-softmax score (docs/method.md
 §1.1; the gradient-to-map code is ``icasc_tf.method.class_maps``). ``Explainer`` builds a
@@ -11,13 +11,27 @@ and overlays are ``icasc_tf.figures``'s.
 import keras
 import numpy as np
 
-from icasc_tf.attention import ATTENTION_FUNCTIONS, get_attention
+from icasc_tf.attention import ATTENTIONS, get_attention
 from icasc_tf.feature_maps import FeatureGraph
 from icasc_tf.method import class_maps as method_maps
 from icasc_tf.model import ICASC
 from icasc_tf.selection import probabilities as class_probabilities
 
 OUTPUTS = ("auto", "logits", "probabilities")
+LAYER_ROLES = ("last", "inner")  # the figures' and commands' names for ICASC's two layers
+
+
+def role_layers(model):
+    """``{"inner": path, "last": path}``: an ICASC model's own layers, else the network's default pair
+    (``FeatureGraph.default_pair``); only ``"last"`` when it has no map at twice the last one's size."""
+    if isinstance(model, ICASC):
+        return {"inner": model.inner_layer, "last": model.last_layer}
+    graph = FeatureGraph(model)
+    try:
+        inner, last = graph.default_pair()
+    except ValueError:
+        return {"last": graph.default_map()}
+    return {"inner": inner, "last": last}
 
 
 class Explainer:
@@ -53,6 +67,7 @@ class Explainer:
         self.graph = graph
         self._tap = graph.tap(self.layers, scores, name="explain_tap")
         self._scores = keras.Model(graph.input, scores, name="explain_scores")
+        self.num_classes = int(scores.shape[-1])
 
     def maps(self, images, method="gradcam", classes=None, top_k=1):
         """``{"classes", "probabilities": [B, k], "maps": {layer path: [B, k, h, w]}}`` (NumPy), the
@@ -68,8 +83,8 @@ class Explainer:
 
 
 def _check_method(name):
-    if name not in ATTENTION_FUNCTIONS:
-        raise ValueError(f"Unknown method {name!r}: choose one of {', '.join(ATTENTION_FUNCTIONS)}.")
+    if name not in ATTENTIONS:
+        raise ValueError(f"Unknown method {name!r}: choose one of {', '.join(ATTENTIONS)}.")
     return get_attention(name)
 
 
@@ -83,7 +98,7 @@ def explain(model, images, layer=None, method="gradcam", classes=None, top_k=1, 
       layer: name or path (``"mobilenetv2_1.00_96/out_relu"``) of a layer with a 4-D
         ``[batch, h, w, channels]`` output; default the last feature map before the network's
         spatial pooling (an ICASC model's last layer).
-      method: ``"gradcam"``, ``"ach"``, ``"gradcampp"`` or ``"apx"``.
+      method: a name of ``icasc_tf.attention.ATTENTIONS`` (``"gradcam"``, ``"ach"``...).
       classes: ``[B]`` or ``[B, k]`` class ids; default the ``top_k`` predicted classes.
       output: ``"auto"``, ``"logits"`` or ``"probabilities"``, as in ``Explainer``. The maps
         always come from the pre-activation scores; probabilities are softmax (sigmoid) of them.
@@ -100,4 +115,4 @@ def explain(model, images, layer=None, method="gradcam", classes=None, top_k=1, 
             "layer": path}
 
 
-__all__ = ["OUTPUTS", "Explainer", "explain"]
+__all__ = ["LAYER_ROLES", "OUTPUTS", "Explainer", "explain", "role_layers"]

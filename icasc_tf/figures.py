@@ -17,8 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from icasc_tf.explain import LAYER_ROLES, Explainer, role_layers
+
 TILE_KINDS = ("overlay", "mask")
-LAYERS = ("last", "inner")
 FRAME_COLOR = (0.0, 0.8, 0.0)  # ground-truth tiles: green, absent from the jet colour map
 BOX_COLOR = (1.0, 0.0, 1.0)  # boxes: magenta, absent from the jet colour map
 _DPI = 100
@@ -353,24 +354,27 @@ def _legend_strip(width, with_boxes):
 
 
 def _named_models(models):
-    if isinstance(models, dict):
-        named = dict(models)
-    elif hasattr(models, "attention_maps"):
-        named = {models.name: models}
-    else:
-        raise ValueError(
-            "models must be an ICASC model or a dict {row label: ICASC model} (e.g. "
-            "{'baseline': baseline, 'ICASC': icasc}); got "
-            f"{type(models).__name__}."
-        )
+    named = dict(models) if isinstance(models, dict) else {getattr(models, "name", "model"): models}
     if not named:
-        raise ValueError("models is empty: pass at least one ICASC model.")
-    for name, model in named.items():
-        if not hasattr(model, "attention_maps"):
-            raise ValueError(
-                f"models[{name!r}] is a {type(model).__name__}, not an ICASC model with attention_maps()."
-            )
+        raise ValueError("models is empty: pass at least one classifier.")
     return named
+
+
+def _top_maps(model, images, attention, layer, top_k):
+    """``(classes, probabilities [N, k], maps [N, k, h, w])`` of a model's top-k classes at ``layer``
+    (a layer role of ``LAYER_ROLES`` or a layer's name or path)."""
+    if layer in LAYER_ROLES:
+        roles = role_layers(model)
+        if layer not in roles:
+            raise ValueError(f"{model.name!r} has no inner layer (no feature map at twice the last one's "
+                             f"resolution, {roles['last']!r}): draw layer='last' or name a layer.")
+        layer = roles[layer]
+    explainer = Explainer(model, [layer])
+    k = min(int(top_k), explainer.num_classes)
+    if k < 1:
+        raise ValueError(f"top_k must be at least 1; got {top_k}.")
+    result = explainer.maps(images, attention, top_k=k)
+    return result["classes"], result["probabilities"], result["maps"][explainer.layers[0]]
 
 
 def _true_classes(labels, count):
@@ -402,21 +406,21 @@ def top5_figure(models, images, labels, class_names=None, attention="ach", path=
 
     For every image and every model, one row: the image (captioned with the model's name
     and the true class), then the ``top_k`` predicted classes' maps at ``layer``
-    (``"last"`` or ``"inner"``) with class names and probabilities; ground-truth classes
+    (``"last"`` or ``"inner"``: ICASC's layers, or a plain classifier's default pair; or a
+    layer's name or path) with class names and probabilities; ground-truth classes
     are framed in green. Rows of different models for one image are adjacent, so a
     baseline row sits right above the ICASC row.
 
     Args:
-      models: an ICASC model, or a dict ``{row label: model}`` in row order.
+      models: a classifier (ICASC or any functional/Sequential Keras model), or a dict
+        ``{row label: model}`` in row order.
       images: ``[N, H, W, 3]``; labels: int ``[N]`` or multi-hot ``[N, C]``.
       class_names: one name per class, or None for class ids.
-      attention: ``"ach"``, ``"gradcam"``, ``"gradcampp"`` or ``"apx"``.
+      attention: a name of ``icasc_tf.attention.ATTENTIONS``.
       path: where to write the PNG (parent folders are created), or None.
       boxes: optional normalised ``[N, 4]`` boxes, outlined on every tile.
     Returns the figure as ``np.uint8 [height, width, 3]``.
     """
-    if layer not in LAYERS:
-        raise ValueError(f"Unknown layer {layer!r}: choose one of {', '.join(LAYERS)}.")
     named = _named_models(models)
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or len(images) == 0:
@@ -426,21 +430,15 @@ def top5_figure(models, images, labels, class_names=None, attention="ach", path=
         boxes = np.asarray(boxes, np.float32)
         if boxes.shape != (len(images), 4):
             raise ValueError(f"boxes must be [N, 4] for N={len(images)} images; got shape {boxes.shape}.")
-
-    results = {}
-    for name, model in named.items():
-        k = min(int(top_k), int(model.num_classes))
-        if k < 1:
-            raise ValueError(f"top_k must be at least 1; got {top_k}.")
-        results[name] = model.attention_maps(images, top_k=k, attention=attention)
+    results = {name: _top_maps(model, images, attention, layer, top_k) for name, model in named.items()}
 
     rows = []
     for i, image in enumerate(images):
         truth = ", ".join(_class_name(class_names, c) for c in sorted(truths[i]))
-        for name, maps in results.items():
+        for name, (classes, probabilities, maps) in results.items():
             tiles, framed = [], []
-            for j, (c, p) in enumerate(zip(maps["classes"][i], maps["probabilities"][i])):
-                tiles.append((f"{_class_name(class_names, int(c))}\n{p:.2f}", maps[layer][i, j], "overlay"))
+            for j, (c, p) in enumerate(zip(classes[i], probabilities[i])):
+                tiles.append((f"{_class_name(class_names, int(c))}\n{p:.2f}", maps[i, j], "overlay"))
                 if int(c) in truths[i]:
                     framed.append(j)
             rows.append(render_panel(

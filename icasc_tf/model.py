@@ -32,7 +32,7 @@ class ICASC(KerasCompat, keras.Model):
       inner_layer, last_layer: names or paths (``"base/out_relu"``) of the layers whose 4-D
         outputs are the inner and last feature maps (docs/method.md §1.3); default (both
         None) the last map before the spatial pooling and the last map at twice its resolution.
-      attention: ``"ach"`` (default), ``"gradcam"`` or ``"apx"``.
+      attention: a trainable map of ``icasc_tf.attention.ATTENTIONS`` (default ``"ach"``).
       multi_label: labels are multi-hot ``[B, C]``; classification loss is the
         multilabel soft margin and the target map uses all positive classes.
       loss_weights: weights of (L_AS^in, L_AS^la, L_AC); all 0 trains the plain baseline.
@@ -294,7 +294,7 @@ class ICASC(KerasCompat, keras.Model):
         Args:
           images: ``[B, H, W, 3]`` batch (inference mode is used).
           classes: optional ``[B]`` or ``[B, k]`` class ids; default: top-k predictions.
-          attention: ``"ach"``, ``"gradcam"``, ``"apx"`` or ``"gradcampp"``; default the model's.
+          attention: a name of ``icasc_tf.attention.ATTENTIONS``; default the model's.
         Returns a dict of NumPy arrays: ``classes`` and ``probabilities`` ``[B, k]``,
         ``inner`` ``[B, k, h_in, w_in]`` and ``last`` ``[B, k, h_la, w_la]``. (One layer of any
         Keras classifier: ``icasc_tf.explain``.)

@@ -286,15 +286,7 @@ def add_painless_attention(
     combine = PainlessOutput(gates=gates, name=OUTPUT_NAME)  # checks ``gates`` before anything is built
     if int(width) < 1:
         raise ValueError(f"width (attention width AW) must be >= 1; got {width}.")
-    if _is_backbone(backbone):
-        model = backbone.model
-    elif isinstance(backbone, keras.Model):
-        model = backbone
-    else:
-        raise ValueError(
-            "backbone must be a functional keras.Model or an icasc_tf.backbones.Backbone; "
-            f"got {type(backbone).__name__}."
-        )
+    model = backbone.model if _is_backbone(backbone) else backbone
     graph = FeatureGraph(model)
     names = _resolve_layer_names(backbone, graph, depth, layer_names)
     feature_maps = [graph.tensor(graph.resolve(layer_name, "layer_names")) for layer_name in names]

@@ -3,8 +3,8 @@
 The bundled photographs ship inside installed packages (scikit-learn's
 ``load_sample_images``, matplotlib's Grace Hopper, scikit-image's ``skimage.data`` when
 scikit-image is installed), so the figure is made offline in seconds. For each image:
-the pretrained model's top-5 classes with their A_ch and Grad-CAM maps at ICASC's inner
-and last layers, one row per (map, layer).
+the model's top-5 classes with their A_ch and Grad-CAM maps at its inner and last layers,
+one row per (map, layer). The model is an ImageNet backbone, or any saved Keras classifier.
 """
 
 import os
@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_images
 
 from icasc_tf.data.image_folder import to_rgb
+from icasc_tf.explain import Explainer, role_layers
 from icasc_tf.figures import render_panel
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -95,33 +96,40 @@ def center_square(photo, size):
     return np.clip(resized.numpy()[0], 0.0, 1.0)
 
 
-def _maps_in_chunks(model, images, top_k, attention, chunk=16):
-    """``model.attention_maps`` a few images at a time (a folder of hundreds would not fit at once)."""
-    parts = [model.attention_maps(images[i : i + chunk], top_k=top_k, attention=attention)
-             for i in range(0, len(images), chunk)]
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+def _maps_in_chunks(explainer, images, top_k, attention, chunk=16):
+    """``explainer.maps`` a few images at a time (a folder of hundreds would not fit at once)."""
+    parts = [explainer.maps(images[i : i + chunk], attention, top_k=top_k) for i in range(0, len(images), chunk)]
+    return {
+        "classes": np.concatenate([part["classes"] for part in parts]),
+        "probabilities": np.concatenate([part["probabilities"] for part in parts]),
+        "maps": {layer: np.concatenate([part["maps"][layer] for part in parts]) for layer in explainer.layers},
+    }
 
 
 def photo_attention_figure(model, photos, class_names, path=None, top_k=5, tile_size=112):
     """For each photo, rows of its top-k classes' maps (``ROWS``); returns ``uint8 [H, W, 3]``.
 
-    ``model``: an ``ICASC`` model around an ImageNet classifier; ``photos``: ``{name:
-    image}`` with images already ``[size, size, 3]`` in [0, 1]; ``class_names``: the
-    head's names. ``path``: where to write the PNG, or None.
+    ``model``: an ICASC model or any functional/Sequential Keras classifier (nested models
+    included; its inner and last layers are ``role_layers``'s, and a network with no inner
+    layer gets the last layer's rows alone); ``photos``: ``{name: image}`` with images already
+    ``[size, size, 3]`` as the model takes them; ``class_names``: the head's names. ``path``:
+    where to write the PNG, or None.
     """
     names = list(photos)
     images = np.stack([photos[n] for n in names]).astype(np.float32)
-    maps = {attention: _maps_in_chunks(model, images, top_k, attention) for attention in {a for a, _ in ROWS}}
+    roles = role_layers(model)
+    explainer = Explainer(model, [roles[role] for role in roles])
+    top_k = min(int(top_k), explainer.num_classes)
+    maps = {attention: _maps_in_chunks(explainer, images, top_k, attention) for attention in {a for a, _ in ROWS}}
     rows = []
     for i, name in enumerate(names):
-        for attention, layer in ROWS:
+        for attention, role in (row for row in ROWS if row[1] in roles):
             result = maps[attention]
             tiles = [
-                (f"{class_names[int(c)]}\n{p:.2f}", result[layer][i, j], "overlay")
+                (f"{_class_label(class_names, c)}\n{p:.2f}", result["maps"][roles[role]][i, j], "overlay")
                 for j, (c, p) in enumerate(zip(result["classes"][i], result["probabilities"][i]))
             ]
-            layer_name = model.inner_layer if layer == "inner" else model.last_layer
-            title = f"{name}\n{_MAP_NAMES[attention]} {layer}\n{layer_name}"
+            title = f"{name}\n{_MAP_NAMES[attention]} {role}\n{roles[role]}"
             rows.append(render_panel(images[i], tiles, title=title, tile_size=tile_size))
         if i + 1 < len(names):
             gap = np.full((_GROUP_GAP, rows[-1].shape[1], 3), 255, np.uint8)
@@ -132,3 +140,8 @@ def photo_attention_figure(model, photos, class_names, path=None, top_k=5, tile_
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         Image.fromarray(figure).save(path, format="PNG")
     return figure
+
+
+def _class_label(class_names, index):
+    index = int(index)
+    return str(class_names[index]) if class_names is not None and index < len(class_names) else str(index)

@@ -33,7 +33,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime w
 import json
 import sys
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -69,17 +68,11 @@ flags.DEFINE_string("output_json", "", "Also write the figures here.")
 def _class_maps(model, images, classes):
     """Last-layer feature map F, and alpha_k^c for each column of ``classes`` ([N, k] ids)."""
     selectors = [tf.one_hot(classes[:, j], model.num_classes) for j in range(classes.shape[1])]
-    backbone = model.backbone
-    tap = keras.Model(
-        backbone.input,
-        [backbone.get_layer(model.inner_layer).output, backbone.get_layer(model.last_layer).output,
-         backbone.output],
-    )
-    _, f_last, _, gradients = method.class_gradients(
-        tap, tf.constant(images), lambda logits: selectors, training=False
-    )
+    tap = model.graph.tap([model.last_layer], model.scores)
+    (f_last,), _, gradients = method.class_gradients(tap, tf.constant(images), lambda logits: selectors,
+                                                     training=False)
     # A_ch's channel weights, the model's default map: alpha_k = mean_ij ReLU(g).
-    alphas = [tf.reduce_mean(tf.nn.relu(g_last), axis=[1, 2]).numpy() for _, g_last in gradients]
+    alphas = [tf.reduce_mean(tf.nn.relu(g_last), axis=[1, 2]).numpy() for (g_last,) in gradients]
     return np.asarray(f_last, np.float64), np.stack(alphas, axis=1)  # [N,h,w,K], [N,k,K]
 
 

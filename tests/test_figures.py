@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -115,7 +116,7 @@ def test_top5_figure_rows_per_model_and_image_with_ground_truth_framed(tmp_path)
     assert tuple(figure[frame_row, CELL + CELL // 2]) == GREEN
     inner = top5_figure(icasc, images[:1], [top1[0]], None, attention="gradcampp", layer="inner", top_k=3)
     assert inner.shape == (panel_height + KEY, 4 * CELL, 3)
-    with pytest.raises(ValueError, match="choose one of last, inner"):
+    with pytest.raises(ValueError, match="layer='middle' is not a layer of"):
         top5_figure(icasc, images, top1, layer="middle")
     with pytest.raises(ValueError, match="labels has 1 entries for 2 images"):
         top5_figure(icasc, images, top1[:1])
@@ -184,3 +185,27 @@ def test_help_lists_the_commands_own_flags(script):
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0 and result.stdout.startswith(f"usage: python scripts/{script} ")
     assert "--model_dir:" in result.stdout and "--logtostderr" not in result.stdout
+
+
+@pytest.mark.slow
+def test_script_draws_a_saved_keras_classifier_on_photographs(tmp_path):
+    """Your own model, no ICASC, no training: the guide's model with a nested base, saved as .keras."""
+    base = tiny_convnet(10, size=32)
+    base = keras.Model(base.input, base.get_layer("last").output, name="base")
+    inputs = keras.Input((32, 32, 3))
+    x = base(keras.layers.Rescaling(1 / 255.0)(inputs), training=False)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs, name="guide").save(tmp_path / "guide.keras")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photos / name)
+    output = tmp_path / "figure.png"
+    result = _run_script(f"--model={tmp_path / 'guide.keras'}", f"--photos={photos}", "--class_names=cat,dog,fox",
+                         f"--output={output}", "--top_k=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"wrote {output}" in result.stdout and "pixels in [0, 255]" in result.stdout
+    figure = np.asarray(Image.open(output).convert("RGB"))
+    # Per photo: A_ch and Grad-CAM at the base's inner and last layers (4 rows), a rule between photos.
+    assert figure.shape == (2 * 4 * (CAPTION + CELL) + 12, 3 * CELL, 3)

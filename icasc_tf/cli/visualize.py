@@ -1,8 +1,10 @@
 """Draw the papers' top-5 attention figure (ICCV Figs. 2 and 10) for trained models, or the maps
-of an ImageNet-pretrained backbone on photographs (no training needed).
+of a classifier on photographs: an ImageNet-pretrained backbone, or your own saved Keras model
+(no ICASC, no training needed).
 
     python scripts/visualize.py --pretrained=efficientnet_lite0              # photos that ship with packages
     python scripts/visualize.py --pretrained=efficientnet_lite0 --photos=my_photos/,cat.jpg
+    python scripts/visualize.py --model=my_classifier.keras --photos=my_photos/ --class_names=cat,dog
     python scripts/visualize.py --model_dir=runs/icasc                       # 4 test images
     python scripts/visualize.py --model_dir=runs/icasc --compare_model_dir=runs/baseline \\
         --images=0,5,17 --attention=gradcam --layer=inner --output=figures/top5.png
@@ -10,37 +12,44 @@ of an ImageNet-pretrained backbone on photographs (no training needed).
 Each image gets one row per model (the --compare_model_dir row above the --model_dir
 row): the image, then its top-5 classes' attention maps with probabilities; ground-truth
 classes are framed in green, the dataset's boxes outlined in magenta. The dataset, its
-options and folders default to those in the model_dir's config.json. With --pretrained, each
-photograph gets rows of its top-5 ImageNet classes: A_ch and Grad-CAM at ICASC's inner and
-last layers.
+options and folders default to those in the model_dir's config.json. With --photos (and
+--pretrained or --model), each photograph gets rows of its top-5 classes: A_ch and Grad-CAM
+at the model's inner and last layers (ICASC's own, else the last feature map before pooling
+and the last one at twice its resolution, nested models included).
 """
 
 import os
 import re
 
+import keras
 import numpy as np
 from absl import flags
 
 from icasc_tf import ICASC
+from icasc_tf.attention import ATTENTIONS
 from icasc_tf.backbones import IMAGENET_BACKBONES, build_backbone
 from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
 from icasc_tf.backbones.imagenet_classes import imagenet_class_names
 from icasc_tf.cli import command
 from icasc_tf.data import load_dataset
 from icasc_tf.data.registry import get_spec
+from icasc_tf.explain import LAYER_ROLES
 from icasc_tf.figures import top5_figure
 from icasc_tf.photos import bundled_photos, center_square, load_photos, photo_attention_figure
 from icasc_tf.train import TrainConfig
 from icasc_tf.train.run_dir import MODELS, RunDir, load_model_file
 
 FLAGS = flags.FLAGS
+PHOTOS_FOLDER = "runs"  # where photograph figures go by default (beside the training runs, out of the repository)
 flags.DEFINE_string("model_dir", "", "Training run folder (holds best.keras, final.keras, config.json).")
-flags.DEFINE_string("model", "", "A saved .keras model (instead of --model_dir).")
+flags.DEFINE_string("model", "", "A saved .keras model (instead of --model_dir): an ICASC model, or any functional or "
+                    "Sequential Keras classifier (a pretrained base nested in it included).")
 flags.DEFINE_enum("which_model", "best", list(MODELS), "Which model of a model_dir to load.")
 flags.DEFINE_string("compare_model_dir", "", "A second run (e.g. the baseline), drawn above --model_dir's rows.")
 flags.DEFINE_string("compare_model", "", "A second saved .keras model (instead of --compare_model_dir).")
-flags.DEFINE_enum("attention", "ach", ["ach", "gradcam", "gradcampp", "apx"], "Attention map to draw.")
-flags.DEFINE_enum("layer", "last", ["last", "inner"], "Feature layer whose maps are drawn.")
+flags.DEFINE_enum("attention", "ach", list(ATTENTIONS), "Attention map to draw.")
+flags.DEFINE_string("layer", LAYER_ROLES[0], f"Feature layer whose maps are drawn: {' or '.join(LAYER_ROLES)} (ICASC's "
+                    "layers, or a classifier's default pair), or a layer's name or path (base/out_relu).")
 flags.DEFINE_list("images", [], "Indices of the images in the split (default: the first --num_images).")
 flags.DEFINE_integer("num_images", 4, "How many images from the start of the split, if --images is empty.")
 flags.DEFINE_integer("top_k", 5, "Predicted classes per row.")
@@ -50,12 +59,17 @@ flags.DEFINE_list("dataset_config", None, "Dataset builder options key=value (de
 flags.DEFINE_string("data_dir", None, "TFDS data folder (default: the run's).")
 flags.DEFINE_string("manual_dir", None, "Folder of manual downloads (default: the run's).")
 flags.DEFINE_bool("boxes", True, "Outline the dataset's boxes where it has them.")
-flags.DEFINE_string("output", "", "PNG path (default: <model folder>/top5_<split>_<attention>_<layer>.png, or "
-                    "photos_<arch>.png with --pretrained).")
+flags.DEFINE_string("output", "", "PNG path (default: <model folder>/top5_<split>_<attention>_<layer>.png; with "
+                    f"photographs {PHOTOS_FOLDER}/photos_<model>.png).")
 flags.DEFINE_string("pretrained", "", "An ImageNet-pretrained backbone (e.g. efficientnet_lite0): draw its maps on "
                     "--photos instead of a trained run's.")
-flags.DEFINE_list("photos", [], "Image files or folders for --pretrained (default: the photographs that ship "
-                  "with scikit-learn, matplotlib and scikit-image).")
+flags.DEFINE_list("photos", [], "Image files or folders to draw --pretrained's or --model's maps on (default with "
+                  "--pretrained: the photographs that ship with scikit-learn, matplotlib and scikit-image).")
+flags.DEFINE_list("class_names", [], "With --model and --photos: the model's class names, in order, or one file "
+                  "with a name per line (default: class ids; 'imagenet' for ImageNet's 1000).")
+flags.DEFINE_enum("pixel_scale", "255", ["255", "1"], "With --model and --photos, for a model that is not ICASC: the "
+                  "pixel range it takes, [0, 255] (Keras's image_dataset_from_directory, keras.applications) or "
+                  "[0, 1]. ICASC models of this project take [0, 1].")
 flags.DEFINE_integer(
     "image_size", 0, "Input side in pixels (default: the run's; with --pretrained the backbone's own, 224 for lite0)."
 )
@@ -86,9 +100,18 @@ def _model_path(model_dir, model, which, flag_prefix=""):
 
 def _load_model(path):
     model = load_model_file(path)
-    if not hasattr(model, "attention_maps"):
-        raise UserError(f"{path} holds a {type(model).__name__}, not an ICASC model.")
+    if not isinstance(model, keras.Model):
+        raise UserError(f"{path} holds a {type(model).__name__}, not a Keras classifier.")
     return model
+
+
+def _file_part(text):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _input_shape(model):
+    """``(height, width, channels)`` a classifier (or an ICASC model's backbone) takes."""
+    return tuple((model.backbone if isinstance(model, ICASC) else model).inputs[0].shape[1:])
 
 
 def _flag_or_run(flag_value, run_value):
@@ -148,18 +171,53 @@ def run_pretrained():
     if arch not in IMAGENET_BACKBONES:
         raise UserError(f"--pretrained={arch}: ImageNet weights exist for {', '.join(IMAGENET_BACKBONES)}.")
     size = FLAGS.image_size or NATIVE_SIZES.get(arch, 224)
-    photos = load_photos(FLAGS.photos) if FLAGS.photos else bundled_photos()
-    squares = {name: center_square(photo, size) for name, photo in photos.items()}
     spec = build_backbone(arch, 1000, (size, size, 3), weights="imagenet")
     model = ICASC(spec.model, **spec.icasc_layers())
-    output = FLAGS.output or f"photos_{arch}.png"
-    photo_attention_figure(model, squares, imagenet_class_names(), path=output, top_k=FLAGS.top_k)
+    return _photo_figure(model, arch, size, imagenet_class_names(), scale=1.0)
+
+
+def run_own_photos():
+    """The photographs' top-5 classes with A_ch and Grad-CAM maps of a saved classifier (``--model``)."""
+    if FLAGS.model_dir or FLAGS.compare_model_dir or FLAGS.compare_model:
+        raise UserError("--photos draws one saved model's maps: give --model=FILE.keras alone.")
+    path = _model_path("", FLAGS.model, FLAGS.which_model)
+    model = _load_model(path)
+    height, width = _input_shape(model)[:2]
+    size = FLAGS.image_size or height or 224
+    if height is not None and (height, width) != (size, size):
+        raise UserError(f"{path} takes {height}x{width} images: --photos draws square ones; pass no --image_size, or "
+                        "a model that takes square images.")
+    icasc = isinstance(model, ICASC)
+    scale = 1.0 if icasc else float(FLAGS.pixel_scale)
+    if not icasc:
+        print(f"visualize.py: {os.path.basename(path)} is given the photographs as pixels in [0, {FLAGS.pixel_scale}] "
+              "(--pixel_scale)", flush=True)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return _photo_figure(model, name, size, _class_names(FLAGS.class_names), scale=scale)
+
+
+def _class_names(given):
+    if given == ["imagenet"]:
+        return imagenet_class_names()
+    if len(given) == 1 and os.path.isfile(given[0]):
+        with open(given[0], encoding="utf-8") as lines:
+            return [line.strip() for line in lines if line.strip()]
+    return list(given) or None
+
+
+def _photo_figure(model, name, size, class_names, scale):
+    photos = load_photos(FLAGS.photos) if FLAGS.photos else bundled_photos()
+    squares = {photo: center_square(image, size) * scale for photo, image in photos.items()}
+    output = FLAGS.output or os.path.join(PHOTOS_FOLDER, f"photos_{name}.png")
+    photo_attention_figure(model, squares, class_names, path=output, top_k=FLAGS.top_k)
     return output
 
 
 def run():
     if FLAGS.pretrained:
         return run_pretrained()
+    if FLAGS.photos:
+        return run_own_photos()
     main_path = _model_path(FLAGS.model_dir, FLAGS.model, FLAGS.which_model)
     models = {}
     if FLAGS.compare_model_dir or FLAGS.compare_model:
@@ -189,7 +247,7 @@ def run():
         with_boxes=FLAGS.boxes,
     )
     for name, model in models.items():
-        expected = tuple(model.backbone.input.shape[1:])
+        expected = _input_shape(model)
         if tuple(images.shape[1:]) != expected:
             raise UserError(
                 f"Model {name!r} takes images of shape {expected}, but {dataset} {split!r} yields "
@@ -197,7 +255,7 @@ def run():
             )
     output = FLAGS.output or os.path.join(
         FLAGS.model_dir or os.path.dirname(os.path.abspath(main_path)),
-        f"top5_{re.sub(r'[^A-Za-z0-9_.-]+', '_', split)}_{FLAGS.attention}_{FLAGS.layer}.png",
+        f"top5_{_file_part(split)}_{FLAGS.attention}_{_file_part(FLAGS.layer)}.png",
     )
     top5_figure(
         models, images, labels, class_names=info.class_names, attention=FLAGS.attention,
