@@ -212,11 +212,11 @@ def _legend(width, cmap, marks=None):
     keys = [(FRAME_COLOR, "frame: a true class")]
     if "box" in marks:
         keys.append((BOX_COLOR, "box: the object's box"))
-    key_left = max(min(left + bar + 210, width - 160), left + bar + 6)
-    for row, (colour, text) in enumerate(keys):
-        top = _MARGIN + 1 + 14 * row
+    key_left, top = left, _MARGIN + 15  # a line of their own under the colour scale, side by side
+    for colour, text in keys:
         canvas[top : top + 9, key_left : key_left + 14] = colour
         texts.append((key_left + 20, top + 4, text))
+        key_left += 20 + int(len(text) * _CHAR_WIDTH) + 16
     return canvas, texts
 
 
