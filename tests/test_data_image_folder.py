@@ -24,6 +24,7 @@ from icasc_tf.data.image_folder import (
     split_class,
 )
 from icasc_tf.data.registry import prepare_builder
+from tests.dataset_harness import check_dataset
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 40), (40, 50, 210)
 
@@ -284,6 +285,11 @@ def test_load_dataset_yields_every_training_image_once_with_its_label(clean):
     test, test_info = load_dataset("image_folder", "test", 8, data_dir=str(clean.data_dir),
                                    manual_dir=str(clean.root))
     assert test_info.num_examples == 6 and next(iter(test))[0].shape == (6, 224, 224, 3)
+
+
+def test_the_dataset_harness_holds(clean):
+    passes = check_dataset("image_folder", 4, data_dir=str(clean.data_dir), manual_dir=str(clean.root), image_size=32)
+    assert (passes.train_info.num_examples, passes.test_info.num_examples) == (20, 6)
 
 
 def test_an_unchanged_folder_is_reused_and_a_changed_one_prepared_again(tmp_path):
