@@ -419,8 +419,9 @@ def load_dataset(
     (`held_out_ids`): the dataset is the rest, or with `held_out=True` only that share (a
     validation split carved from the training split).
     `augmentation` (a name of `AUGMENTATION_SPECS`; default the dataset's) also sets how evaluation
-    resizes: `squash` and `inception` resize then centre-crop, `none` and `cifar` resize.
-    Images are float32 RGB in [0, 1] (CIFAR-100: minus the train pixel mean), [B, H, W, 3] or
+    resizes and crops (its function's docstring says how).
+    Images are float32 RGB in [0, 1] (minus the train pixel mean where the dataset's own augmentation
+    subtracts it: CIFAR-100, Fashion-MNIST), [B, H, W, 3] or
     [B, 10, H, W, 3] with crops="ten"; labels int32 [B], or multi-hot float32 [B, C] for
     multi-label data; boxes float32 [B, 4] `[ymin, xmin, ymax, xmax]` in the output image.
     """
