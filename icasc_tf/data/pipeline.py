@@ -421,7 +421,7 @@ def load_dataset(
     `augmentation` (a name of `AUGMENTATION_SPECS`; default the dataset's) also sets how evaluation
     resizes and crops (its function's docstring says how).
     Images are float32 RGB in [0, 1] (minus the train pixel mean where the dataset's own augmentation
-    subtracts it: CIFAR-100, Fashion-MNIST), [B, H, W, 3] or
+    subtracts it, `DatasetInfo.pixel_mean`), [B, H, W, 3] or
     [B, 10, H, W, 3] with crops="ten"; labels int32 [B], or multi-hot float32 [B, C] for
     multi-label data; boxes float32 [B, 4] `[ymin, xmin, ymax, xmax]` in the output image.
     """
