@@ -10,6 +10,7 @@ from PIL import Image
 
 from icasc_tf.data import MissingDataError, load_dataset
 from icasc_tf.data.caltech256 import FOLDER_NAME, make_config, split_files
+from tests.dataset_harness import check_dataset
 
 OPTIONS = dict(train_per_class=2, test_per_class=1)
 CORRUPT = "001.class001/001_0004.jpg"
@@ -103,15 +104,14 @@ def test_presets_and_custom_configs_are_named_apart():
 
 
 def test_pipeline_resizes_and_ten_crops(built, manual_dir):
+    """The harness (shapes, ranges, ten crops, order, seeds), then caltech256's own figures."""
     data_dir, _, _ = built
     kwargs = dict(data_dir=str(data_dir), manual_dir=str(manual_dir), image_size=24, **OPTIONS)
-    train, info = load_dataset("caltech256", "train", 8, **kwargs)
-    images, labels = next(iter(train))
-    assert images.shape == (8, 24, 24, 3) and labels.dtype == "int32"
-    assert 0.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
+    passes = check_dataset("caltech256", 32, **kwargs)
+    info = passes.train_info
+    assert passes.train[0][0].shape == (32, 24, 24, 3) and info.image_shape == (24, 24, 3)
     assert (info.num_classes, info.num_examples, info.test_split) == (256, 512, "test")
-    test, _ = load_dataset("caltech256", "test", 8, crops="ten", **kwargs)
-    assert next(iter(test))[0].shape == (8, 10, 24, 24, 3)
+    assert passes.test_info.num_examples == 256
     wide, _ = load_dataset("caltech256", "train", 4, resize=40, seed=3, **kwargs)
     assert next(iter(wide))[0].shape == (4, 24, 24, 3)
 

@@ -18,6 +18,7 @@ from icasc_tf.data.cluttered_digits import (
     source_digits,
     source_pools,
 )
+from tests.dataset_harness import check_dataset
 
 OPTIONS = dict(num_train=60, num_test=30)
 
@@ -142,6 +143,11 @@ def test_pipeline_batches_boxes_and_is_reproducible(built, data_dir):
     assert batches[0][0].shape == (7, 48, 48, 3)
 
 
+def test_the_dataset_harness_holds(built, data_dir):
+    passes = check_dataset("cluttered_digits", 16, data_dir=str(data_dir), **OPTIONS)
+    assert (passes.train_info.num_examples, passes.test_info.num_examples) == (60, 30)
+
+
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="valid options"):
         make_config(num_distractor=3)
@@ -247,14 +253,11 @@ def test_textured_canvas_has_no_empty_region_and_stays_dim():
 
 
 def test_textured_pipeline_batches_boxes(textured, data_dir):
-    kwargs = dict(data_dir=str(data_dir), with_boxes=True, deterministic=True, **TEXTURED)
-    dataset, info = load_dataset("cluttered_digits", "train", 16, **kwargs)
-    images, labels, boxes = next(iter(dataset.as_numpy_iterator()))
-    assert images.shape == (16, 32, 32, 3) and images.dtype == np.float32
-    assert labels.shape == (16,) and labels.dtype == np.int32
-    assert boxes.shape == (16, 4) and np.all((boxes >= 0) & (boxes <= 1))
+    passes = check_dataset("cluttered_digits", 16, data_dir=str(data_dir), **TEXTURED)
+    images = passes.train[0][0]
+    assert images.shape == (16, 32, 32, 3) and passes.train_info.has_boxes
     assert images.min() >= 11 / 255 and images.max() == 1.0
-    assert info.tfds_name == "cluttered_digits/textured_num_test30_num_train60"
+    assert passes.train_info.tfds_name == "cluttered_digits/textured_num_test30_num_train60"
     stored = {ex["source_indices"].tobytes(): ex["image"] for ex in textured["train"]}
     example = render_example(make_config(**TEXTURED), "train", 0)
     assert np.array_equal(stored[example.source_indices.tobytes()], example.image)

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from icasc_tf.data import MissingDataError, fashion_mnist, load_dataset
 from icasc_tf.data.cluttered_digits import FASHION_CONFIG, load_source, make_config, render_example
 from icasc_tf.data.registry import prepare_builder
+from tests.dataset_harness import check_dataset
 
 real_files = pytest.mark.skipif(
     fashion_mnist.default_folder() is None,
@@ -83,6 +84,14 @@ def test_the_pipeline_pads_items_to_32x32_rgb_and_subtracts_the_train_mean(folde
     assert restored[:, :2].max() == restored[:, -2:].max() == restored[:, :, :2].max() == 0
     test_images, test_labels = _items("test")
     assert _pairs(restored[:, 2:30, 2:30, 0], labels.numpy()) == _pairs(test_images, test_labels)
+
+
+def test_the_dataset_harness_holds_for_fashion_mnist_and_its_cluttered_composites(folder, tmp_path):
+    plain = check_dataset("fashion_mnist", 8, data_dir=str(tmp_path), manual_dir=str(folder))
+    assert (plain.train_info.num_examples, plain.test_info.num_examples) == (40, 20)
+    cluttered = check_dataset("cluttered_fashion", 8, data_dir=str(tmp_path), manual_dir=str(folder), num_train=30,
+                              num_test=20, image_size=48)
+    assert cluttered.train_info.image_shape == (48, 48, 3) and cluttered.train_info.class_names[0] == "T-shirt/top"
 
 
 def test_missing_files_get_one_error_naming_the_apt_line_the_files_and_the_folder(tmp_path):

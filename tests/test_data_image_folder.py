@@ -3,8 +3,10 @@
 import contextlib
 import hashlib
 import io
+import json
 import os
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from icasc_tf.data.image_folder import (
     split_class,
 )
 from icasc_tf.data.registry import prepare_builder
+from tests.dataset_harness import check_dataset
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 40), (40, 50, 210)
 
@@ -189,6 +192,30 @@ def test_unreadable_files_are_skipped_and_named_in_one_warning(messy):
     assert not set(expected) & set(messy.all)
 
 
+def test_hidden_files_and_folders_are_counted_in_the_summary_and_named_in_the_metadata(messy, tmp_path):
+    hidden = [".hidden_class/", "__MACOSX/", "apple/.DS_Store", "apple/._a00.jpg", "apple/.ipynb_checkpoints/",
+              "empty/.DS_Store"]
+    assert messy.builder.info.metadata["skipped_hidden"] == sorted(hidden)
+    assert "6 hidden files and folders skipped (names starting with '.', @eaDir, __MACOSX" in messy.stdout
+    # A hidden JPEG, Finder's .DS_Store and macOS's ._x.jpg beside real images, in the split layout too.
+    rng = np.random.default_rng(7)
+    for split in ("train", "test"):
+        _photos(rng, tmp_path / "tree" / split / "cats", 2, RED)
+        _photos(rng, tmp_path / "tree" / split / "dogs", 2, BLUE)
+    _jpeg(tmp_path / "tree" / "train" / "cats" / ".secret.jpg", _pixels(rng, 20, 20, RED))
+    (tmp_path / "tree" / "train" / "cats" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "tree" / "test" / "dogs" / "._img00.jpg").write_bytes(b"\0\5\26\7 AppleDouble")
+    (tmp_path / "tree" / ".DS_Store").write_bytes(b"\0")
+    prepared = _prepare(tmp_path / "tree", tmp_path / "data")
+    expected = [".DS_Store", "test/dogs/._img00.jpg", "train/cats/.DS_Store", "train/cats/.secret.jpg"]
+    metadata = json.loads((Path(prepared.builder.data_dir) / "metadata.json").read_text())
+    assert metadata["skipped_hidden"] == expected and metadata["skipped_files"] == []
+    assert "0 skipped as unreadable, 4 hidden files and folders skipped" in prepared.stdout
+    assert sorted(prepared.all) == [f"{split}/{name}/img{i:02d}.jpg" for split in ("test", "train")
+                                    for name in ("cats", "dogs") for i in range(2)]
+    assert not any("hidden" in line or ".secret" in line for line in prepared.warnings)
+
+
 def test_transparency_is_white_and_cmyk_16bit_and_palette_colours_are_right(messy):
     rgba = messy.all["Banana/rgba.png"][0].astype(int)
     assert rgba.shape == (20, 30, 3)
@@ -258,6 +285,11 @@ def test_load_dataset_yields_every_training_image_once_with_its_label(clean):
     test, test_info = load_dataset("image_folder", "test", 8, data_dir=str(clean.data_dir),
                                    manual_dir=str(clean.root))
     assert test_info.num_examples == 6 and next(iter(test))[0].shape == (6, 224, 224, 3)
+
+
+def test_the_dataset_harness_holds(clean):
+    passes = check_dataset("image_folder", 4, data_dir=str(clean.data_dir), manual_dir=str(clean.root), image_size=32)
+    assert (passes.train_info.num_examples, passes.test_info.num_examples) == (20, 6)
 
 
 def test_an_unchanged_folder_is_reused_and_a_changed_one_prepared_again(tmp_path):

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 from icasc_tf.data import DATASETS, MissingDataError, load_dataset
 from icasc_tf.data.pipeline import read_split, transform_example
 from icasc_tf.data.registry import SPECS
+from tests.dataset_harness import check_dataset
 
 NUM_MOCK = 6
 
@@ -149,6 +150,18 @@ def test_voc2012_multi_hot_targets_and_names(tmp_path):
     np.testing.assert_array_equal(targets, expected)
     assert info.multi_label and info.num_classes == 20
     assert info.class_names[:3] == ("aeroplane", "bicycle", "bird")
+
+
+def test_the_dataset_harness_holds_for_the_downloadable_datasets_on_mock_data(tmp_path, imagenet_manual_dir):
+    data_dir = str(tmp_path)
+    with tfds.testing.mock_data(num_examples=NUM_MOCK):
+        cifar = check_dataset("cifar100", 4, data_dir=data_dir)
+        imagenet = check_dataset("imagenet2012", 4, data_dir=data_dir, manual_dir=imagenet_manual_dir, image_size=24)
+        voc = check_dataset("voc2012", 4, data_dir=data_dir, image_size=24)
+    with tfds.testing.mock_data(as_dataset_fn=_cub_as_dataset):
+        cub = check_dataset("cub200", 4, data_dir=data_dir, image_size=24)
+    assert cifar.train_info.pixel_mean.shape == (32, 32, 3) and cifar.test_info.num_classes == 100
+    assert imagenet.test_info.split == "validation" and voc.train_info.multi_label and cub.test_info.has_boxes
 
 
 def test_random_crop_and_flip_move_the_box_with_the_object():

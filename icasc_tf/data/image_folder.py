@@ -12,8 +12,9 @@ and not larger than `max_side`, is stored byte for byte; anything else PIL reads
 (EXIF orientation), made RGB (transparency over white; palette, grey, 16-bit, CMYK converted),
 downscaled to `max_side` and stored as a quality-95 JPEG. Files PIL cannot read (not images,
 truncated, unreadable, broken links) are skipped and named in one warning and in the
-metadata; hidden files and folders ('.*', __MACOSX, @eaDir, Thumbs.db, desktop.ini) are
-ignored; nothing in PATH is written.
+metadata; hidden files and folders ('.*' such as .DS_Store and macOS's ._x.jpg, __MACOSX, @eaDir,
+Thumbs.db, desktop.ini) are not read: the summary line counts them and the metadata names them
+(`skipped_hidden`); nothing in PATH is written.
 
 Why not `tfds.folder_dataset.ImageFolder` or `keras.utils.image_dataset_from_directory`: both
 decode the files while training, so one truncated JPEG or a text file named .jpg raises
@@ -58,7 +59,7 @@ Class names are the folder names; any image format PIL reads is accepted.
 """
 TEST_FOLDERS = ("test", "val", "valid", "validation", "testing")
 TRAIN_FOLDERS = ("train", "training")
-IGNORED_NAMES = frozenset({"__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini"})
+IGNORED_NAMES = frozenset({"__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini"})  # hidden, as '.*' names are
 MAX_SIDE = 1024  # the squash augmentation at 448 resizes to 512: a 2:1 image keeps 512 on its short side
 SMALL_SIDE = 32  # images with a shorter side are counted in the summary (the pipeline upsamples them)
 JPEG_QUALITY = 95
@@ -68,7 +69,6 @@ SHOWN = 5  # names shown in one warning line
 # refused, and only above this many pixels (about 180 million: 0.7 GB decoded).
 PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera's JPEG with extra frames; TensorFlow reads the first
-_OPTION_NAMES = ("test_share", "data_seed", "max_side")
 
 
 def _warn(message, *args):
@@ -82,7 +82,8 @@ class Listing:
 
     `sources` maps "all" (one tree to split) or "train" and "test" to {class: [(relative path,
     size, mtime_ns)]}, paths relative to `root` with '/'; `unusable` holds (path, reason) of
-    entries that are not regular readable files (broken links, fifos).
+    entries that are not regular readable files (broken links, fifos); `hidden` the hidden files
+    and folders (folders end in '/') at the top, in the split folders and in the class folders.
     """
 
     root: str
@@ -91,6 +92,16 @@ class Listing:
     sources: dict[str, dict[str, list[tuple[str, int, int]]]]
     unusable: list[tuple[str, str]]
     ignored: list[str]  # top-level entries that are not read
+    hidden: list[str]  # not read either, and not part of the listing's digest (Finder adds .DS_Store)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options of a folder's preparation (`--dataset_config`), their types and defaults."""
+
+    test_share: float = 0.2  # of each class's images held out for test (one tree to split)
+    data_seed: int = 0  # seed of that draw
+    max_side: int = MAX_SIDE  # larger images are downscaled to this longer side when stored
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,10 +109,11 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     """A folder (absolute path) and the options of its preparation; named after its listing."""
 
     folder: str = ""
-    test_share: float = 0.2
-    data_seed: int = 0
-    max_side: int = MAX_SIDE
+    options: Options = Options()
     listing: Listing | None = dataclasses.field(default=None, repr=False)
+
+
+HIDDEN_RULE = "names starting with '.', " + ", ".join(sorted(IGNORED_NAMES, key=str.lower))
 
 
 def _hidden(name: str) -> bool:
@@ -117,21 +129,33 @@ def _subfolders(path: str) -> list[str]:
         return sorted(e.name for e in entries if not _hidden(e.name) and e.is_dir())
 
 
+def _relative(path: str, root: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _hidden_entries(root: str, relative: str) -> list[str]:
+    """The hidden files and folders (with '/') directly in root/relative, relative to root."""
+    with os.scandir(os.path.join(root, relative)) as entries:
+        return sorted(_relative(e.path, root) + ("/" if e.is_dir() else "") for e in entries if _hidden(e.name))
+
+
 def _class_files(root: str, relative: str):
-    """(entries, unusable) of the files under root/relative, hidden ones and their folders left out."""
-    entries, unusable, seen = [], [], set()
+    """(entries, unusable, hidden) of the files under root/relative; hidden files and folders are not entered."""
+    entries, unusable, hidden, seen = [], [], [], set()
     for folder, dirs, files in os.walk(os.path.join(root, relative), followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:  # a link loop
             dirs[:] = []
             continue
         seen.add(real)
+        hidden += [_relative(os.path.join(folder, d), root) + "/" for d in sorted(dirs) if _hidden(d)]
+        hidden += [_relative(os.path.join(folder, f), root) for f in sorted(files) if _hidden(f)]
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
         for name in sorted(files):
             if _hidden(name):
                 continue
             path = os.path.join(folder, name)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            rel = _relative(path, root)
             try:
                 rel.encode("utf-8")
             except UnicodeEncodeError:  # bytes that are not UTF-8 in a Linux file name
@@ -147,15 +171,16 @@ def _class_files(root: str, relative: str):
                 unusable.append((rel, "not a regular file"))
                 continue
             entries.append((rel, info.st_size, info.st_mtime_ns))
-    return entries, unusable
+    return entries, unusable, hidden
 
 
-def _scan_classes(root: str, relative: str, listing_unusable: list) -> dict[str, list]:
+def _scan_classes(root: str, relative: str, listing_unusable: list, listing_hidden: list) -> dict[str, list]:
     classes = {}
     for name in _subfolders(os.path.join(root, relative)):
-        entries, unusable = _class_files(root, os.path.join(relative, name) if relative else name)
+        entries, unusable, hidden = _class_files(root, os.path.join(relative, name) if relative else name)
         classes[name] = entries
         listing_unusable += unusable
+        listing_hidden += hidden
     return classes
 
 
@@ -177,6 +202,7 @@ def scan(manual_dir: str | None) -> Listing:
     test_name = next((name for name in TEST_FOLDERS if name in top), None)
     train_name = next((name for name in TRAIN_FOLDERS if name in top), None)
     unusable: list[tuple[str, str]] = []
+    hidden = _hidden_entries(root, "")
     if bool(train_name) != bool(test_name):
         given, missing = (train_name, TEST_FOLDERS) if train_name else (test_name, TRAIN_FOLDERS)
         raise _missing(
@@ -186,11 +212,12 @@ def scan(manual_dir: str | None) -> Listing:
         )
     if train_name and test_name:
         layout, folders = "splits", {"train": train_name, "test": test_name}
-        sources = {split: _scan_classes(root, folder, unusable) for split, folder in folders.items()}
+        hidden += [entry for folder in folders.values() for entry in _hidden_entries(root, folder)]
+        sources = {split: _scan_classes(root, folder, unusable, hidden) for split, folder in folders.items()}
         ignored = [name + "/" for name in top if name not in folders.values()]
     else:
         layout, folders = "classes", {"all": ""}
-        sources = {"all": _scan_classes(root, "", unusable)}
+        sources = {"all": _scan_classes(root, "", unusable, hidden)}
         ignored = []
     ignored += _loose_files(root)
     train = sources["train" if layout == "splits" else "all"]
@@ -207,7 +234,7 @@ def scan(manual_dir: str | None) -> Listing:
         )
     if layout == "splits":
         _check_test_classes(root, folders, set(with_files), sources["test"])
-    return Listing(root, layout, folders, sources, unusable, ignored)
+    return Listing(root, layout, folders, sources, unusable, ignored, sorted(hidden))
 
 
 def _check_test_classes(root, folders, train_classes, test_sources):
@@ -233,18 +260,25 @@ def forget_listings() -> None:
     _CONFIGS.clear()
 
 
-def make_config(manual_dir: str | None = None, **options) -> ImageFolderConfig:
-    """The config of a folder: named `<folder name>_<digest of path, listing and options>`."""
-    unknown = sorted(set(options) - set(_OPTION_NAMES))
+def _options(options: dict) -> Options:
+    """The given options over the defaults, checked and of their declared types."""
+    defaults = Options()
+    names = [field.name for field in dataclasses.fields(Options)]
+    unknown = sorted(set(options) - set(names))
     if unknown:
-        raise ValueError(f"Unknown image_folder option(s) {unknown}; valid options: {list(_OPTION_NAMES)}.")
-    values = {"test_share": 0.2, "data_seed": 0, "max_side": MAX_SIDE, **options}
+        raise ValueError(f"Unknown image_folder option(s) {unknown}; valid options: {names}.")
+    values = {**dataclasses.asdict(defaults), **options}
     if not 0 < values["test_share"] < 1:
         raise ValueError(f"image_folder: test_share must be in (0, 1), got {values['test_share']}.")
     if int(values["max_side"]) < SMALL_SIDE:
         raise ValueError(f"image_folder: max_side must be >= {SMALL_SIDE}, got {values['max_side']}.")
-    values = {"test_share": float(values["test_share"]), "data_seed": int(values["data_seed"]),
-              "max_side": int(values["max_side"])}
+    return Options(**{name: type(getattr(defaults, name))(value) for name, value in values.items()})
+
+
+def make_config(manual_dir: str | None = None, **options) -> ImageFolderConfig:
+    """The config of a folder: named `<folder name>_<digest of path, listing and options>`."""
+    wanted = _options(options)
+    values = dataclasses.asdict(wanted)
     key = (manual_dir and os.path.abspath(os.path.expanduser(os.fspath(manual_dir))), *values.values())
     if key in _CONFIGS:
         return _CONFIGS[key]
@@ -257,8 +291,8 @@ def make_config(manual_dir: str | None = None, **options) -> ImageFolderConfig:
         name=f"{_slug(os.path.basename(listing.root))}_{digest}",
         description=f"{listing.root} ({listing.layout} layout, {files} files); options {values}",
         folder=listing.root,
+        options=wanted,
         listing=listing,
-        **values,
     )
     _CONFIGS[key] = config
     return config
@@ -466,7 +500,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         else:
             pairs = {"train": [], "test": []}
             for label, name in enumerate(names):
-                train, test = split_class(usable["all"][name], config.test_share, config.data_seed)
+                train, test = split_class(usable["all"][name], config.options.test_share, config.options.data_seed)
                 pairs["train"] += [(f, label) for f in train]
                 pairs["test"] += [(f, label) for f in test]
         if not pairs["test"]:
@@ -474,7 +508,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
                 f"no test images in {listing.root}: "
                 + (f"{os.path.join(listing.root, listing.folders['test'])} holds no readable image of the "
                    "training classes." if listing.layout == "splits" else
-                   f"test_share={config.test_share} of each class rounds to 0 images (classes of "
+                   f"test_share={config.options.test_share} of each class rounds to 0 images (classes of "
                    f"{max(len(files) for files in usable['all'].values())} or fewer). Add images or raise test_share.")
             )
         tested = {label for _, label in pairs["test"]}
@@ -486,14 +520,15 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
             _warn("image_folder: not read, being outside the class folders of %s: %s", listing.root,
                          _names(listing.ignored))
         self.info.features["label"].names = names
+        self._hidden = listing.hidden
         self.info.metadata.update(
             folder=listing.root, layout=listing.layout, dropped_classes=dropped,
-            classes_without_test_images=without_test, ignored=listing.ignored,
+            classes_without_test_images=without_test, ignored=listing.ignored, skipped_hidden=listing.hidden,
         )
         return {split: self._generate_examples(split_pairs, listing.root) for split, split_pairs in pairs.items()}
 
     def _generate_examples(self, pairs, root):
-        max_side = self.builder_config.max_side
+        max_side = self.builder_config.options.max_side
         for rel, label in pairs:
             try:
                 with open(os.path.join(root, rel), "rb") as file:
@@ -538,7 +573,8 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
             f"Prepared image_folder/{config.name}: {splits['train'].num_examples} train and "
             f"{splits['test'].num_examples} test images of {self.info.features['label'].num_classes} classes; "
             f"{stats['converted']} converted to RGB JPEG, {stats['rotated']} turned upright, {stats['downscaled']} "
-            f"downscaled to {config.max_side} px, {stats['small']} smaller than {SMALL_SIDE} px (kept), "
-            f"{len(skipped)} skipped. Later runs reuse it while the folder is unchanged.",
+            f"downscaled to {config.options.max_side} px, {stats['small']} smaller than {SMALL_SIDE} px (kept), "
+            f"{len(skipped)} skipped as unreadable, {len(self._hidden)} hidden files and folders skipped "
+            f"({HIDDEN_RULE}). Later runs reuse it while the folder is unchanged.",
             flush=True,
         )

@@ -1,15 +1,9 @@
 """`load_dataset`: one call from a dataset name to a batched, augmented `tf.data` pipeline.
 
-Each dataset is augmented as in the papers' experiments (docs/method.md, section 1.7), by one of
-the `AUGMENTATIONS` of `registry`:
-- none (cluttered digits): the composites are already random, nothing is added;
-- cifar: per-pixel train-mean subtraction, then (training) zero-pad 4, random crop, flip;
-- squash (Caltech-256, CUB, VOC, image_folder): resize the whole image (aspect not kept) to 8/7 of the input
-  size (or `resize`), then a random crop and flip for training, the centre crop (or ten crops)
-  for evaluation;
-- inception (ImageNet): training takes a random-resized crop and flip; evaluation resizes the
-  shorter side to 8/7 of the input (256 for 224, or `resize`) and takes the centre crop, or ten
-  crops.
+It runs in named steps: `_read` (the split's examples, a held-out share set aside or kept),
+`_augment` (shuffle and per-example seeds in training, then the augmentation), and `_describe`
+(the `DatasetInfo`). Each dataset's facts are its `DatasetSpec` in `registry.SPECS`; each
+augmentation is one function in `augmentations.AUGMENTATION_SPECS`.
 """
 
 from __future__ import annotations
@@ -25,19 +19,18 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from icasc_tf.data import transforms
+from icasc_tf.data.augmentations import AUGMENTATION_SPECS, get_augmentation
 from icasc_tf.data.registry import (
-    AUGMENTATIONS,
     DATASETS,
     SPECS,
     DatasetSpec,
+    datasets_augmented_by,
     default_data_dir,
     get_spec,
     prepare_builder,
 )
 
 CROPS = ("single", "ten")
-_PHOTO_AUGMENTATIONS = ("squash", "inception")  # those that resize, then crop (and can ten-crop)
 AUTOTUNE = tf.data.AUTOTUNE
 _MAX_SHUFFLE_BUFFER = 10_000  # of encoded images for large datasets (about 1 GB for ImageNet)
 
@@ -72,16 +65,15 @@ def _image_size(image_size, default: int) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _check_arguments(name, spec, split, augmentation, batch_size, training, with_boxes, crops, resize):
+def _check_arguments(name, spec, split, augmentation, batch_size, training, with_boxes, crops, resize, hold_out):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"Unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}.")
-    if resize is not None and (augmentation not in _PHOTO_AUGMENTATIONS or resize < 1):
-        photo_datasets = [n for n, s in SPECS.items() if s.augmentation in _PHOTO_AUGMENTATIONS]
+    crops_after_resize = get_augmentation(augmentation).crops_after_resize
+    cropping = [n for n, a in AUGMENTATION_SPECS.items() if a.crops_after_resize]
+    if resize is not None and (not crops_after_resize or resize < 1):
         raise ValueError(
             f"resize={resize!r}: a side >= 1 for the augmentations that crop after resizing "
-            f"{', '.join(_PHOTO_AUGMENTATIONS)} (the default of {', '.join(photo_datasets)}); {name!r} with "
+            f"{', '.join(cropping)} (the default of {', '.join(datasets_augmented_by(cropping))}); {name!r} with "
             f"{augmentation!r} "
             "is used at its own size (set image_size instead)."
         )
@@ -92,11 +84,10 @@ def _check_arguments(name, spec, split, augmentation, batch_size, training, with
             raise ValueError(
                 'crops="ten" is for evaluation; pass training=False or crops="single".'
             )
-        if augmentation not in _PHOTO_AUGMENTATIONS:
-            ten_crop_datasets = [n for n, s in SPECS.items() if s.augmentation in _PHOTO_AUGMENTATIONS]
+        if not crops_after_resize:
             raise ValueError(
-                f'crops="ten" works with the augmentations {", ".join(_PHOTO_AUGMENTATIONS)} (the default of '
-                f"{', '.join(ten_crop_datasets)}), not {name!r} with {augmentation!r}."
+                f'crops="ten" works with the augmentations {", ".join(cropping)} (the default of '
+                f"{', '.join(datasets_augmented_by(cropping))}), not {name!r} with {augmentation!r}."
             )
         if with_boxes:
             raise ValueError(
@@ -109,6 +100,8 @@ def _check_arguments(name, spec, split, augmentation, batch_size, training, with
         )
     if split.split("[")[0] in spec.unlabelled_splits:
         raise ValueError(f"Split {split!r} of {name!r} has no labels; use {spec.test_split!r}.")
+    if not 0.0 <= hold_out < 1.0:
+        raise ValueError(f"hold_out must be in [0, 1): the share of {split!r} set aside; got {hold_out}.")
 
 
 def _cache_path(data_dir: str | None, builder, what: str) -> str:
@@ -274,54 +267,119 @@ def _selector(spec: DatasetSpec, num_classes: int, with_boxes: bool):
 def transform_example(image, box, seed, *, augmentation, size, training, crops, resize=None, mean=None):
     """Applies an augmentation to one uint8 image (and its box); `seed` is a stateless seed or None.
 
-    `resize` is the side the photo augmentations resize to before cropping `size` (squash: both sides;
-    inception evaluation: the shorter side); None means 8/7 of `size` (256 for 224).
+    `resize` is the side the augmentations that crop after resizing resize to (squash: both
+    sides; inception evaluation: the shorter side); None means 8/7 of `size` (256 for 224).
     """
-    height, width = size
-    if resize is None:
-        resize_h, resize_w = transforms.resize_side(height), transforms.resize_side(width)
-    else:
-        resize_h, resize_w = max(resize, height), max(resize, width)
+    apply = get_augmentation(augmentation).apply
     image = tf.image.convert_image_dtype(image, tf.float32)
     if mean is not None:  # the dataset's normalisation (CIFAR), whatever the augmentation
         image = image - mean
-    crop_seed, flip_seed = (
-        (None, None)
-        if seed is None
-        else tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    return apply(image, box, seed, size=size, resize=resize, training=training, crops=crops)
+
+
+def _num_classes(builder, spec: DatasetSpec) -> int:
+    label_feature = builder.info.features[spec.label_key]
+    return (label_feature.feature if spec.multi_label else label_feature).num_classes
+
+
+def _pixel_mean(builder, spec: DatasetSpec, data_dir) -> np.ndarray | None:
+    """The train pixel mean where the dataset's own augmentation subtracts it (whichever one is used)."""
+    if get_augmentation(spec.augmentation).subtracts_train_mean:
+        return train_pixel_mean(builder, spec, data_dir)
+    return None
+
+
+def _hold_out(dataset, builder, spec, split, num_examples, *, share, seed, held_out, data_dir, name):
+    """The split without (or, `held_out`, only) its seeded held-out share: (dataset, size, split label)."""
+    ids = held_out_ids(builder, spec, split, share, seed, data_dir)
+    if not ids or len(ids) == num_examples:
+        raise ValueError(
+            f"Holding out {share:g} of {name!r} {split!r} ({num_examples} examples) leaves "
+            f"{len(ids)} to validate on and {num_examples - len(ids)} to train on; choose another share."
+        )
+    num_examples = len(ids) if held_out else num_examples - len(ids)
+    # A filter hides the size; stated again, Keras knows when an epoch ends.
+    dataset = dataset.filter(_keep(ids, take_listed=held_out)).apply(
+        tf.data.experimental.assert_cardinality(num_examples)
     )
-    if augmentation == "none":
-        if tuple(image.shape[:2]) != (height, width):
-            image = transforms.resize(image, height, width)
-    elif augmentation == "cifar":
-        if tuple(image.shape[:2]) != (height, width):
-            image = transforms.resize(image, height, width)
-        if training:
-            image, box = transforms.pad(image, box, max(1, height // 8))
-            image, box = transforms.random_crop(image, box, height, width, crop_seed)
-            image, box = transforms.random_flip(image, box, flip_seed)
-    elif augmentation == "squash":
-        image = transforms.resize(image, resize_h, resize_w)
-        if training:
-            image, box = transforms.random_crop(image, box, height, width, crop_seed)
-            image, box = transforms.random_flip(image, box, flip_seed)
-        elif crops == "ten":
-            image = transforms.ten_crop(image, height, width)
-        else:
-            image, box = transforms.center_crop(image, box, height, width)
-    elif augmentation == "inception":
-        if training:
-            image, box = transforms.random_resized_crop(image, box, height, width, crop_seed)
-            image, box = transforms.random_flip(image, box, flip_seed)
-        else:
-            image = transforms.resize_shorter_side(image, max(resize_h, resize_w))
-            if crops == "ten":
-                image = transforms.ten_crop(image, height, width)
-            else:
-                image, box = transforms.center_crop(image, box, height, width)
-    else:
-        raise ValueError(f"Unknown augmentation {augmentation!r}; choose one of {AUGMENTATIONS}.")
-    return image, box
+    return dataset, num_examples, f"{split} ({'held out' if held_out else 'without'} {share:g}, seed {seed})"
+
+
+def _read(builder, spec, split, num_classes, *, training, seed, options, with_boxes, hold_out, data_dir, name):
+    """Step one: the split's examples as {"image", "label"[, "box"]}, cached when small.
+
+    Returns (dataset, number of examples, the split's label for `DatasetInfo`). Large images
+    stay encoded (decoded after the shuffle); `hold_out` is (share, seed, held_out) or None.
+    """
+    dataset = read_split(
+        builder,
+        spec,
+        split,
+        decode_images=spec.in_memory,
+        with_boxes=with_boxes,
+        shuffle_files=training,
+        read_config=tfds.ReadConfig(shuffle_seed=seed, options=options),
+    )
+    num_examples = int(dataset.cardinality())
+    if num_examples < 0:
+        num_examples = builder.info.splits[split].num_examples
+    if hold_out is not None:
+        share, hold_out_seed, held_out = hold_out
+        dataset, num_examples, split = _hold_out(
+            dataset, builder, spec, split, num_examples, share=share, seed=hold_out_seed, held_out=held_out,
+            data_dir=data_dir, name=name,
+        )
+    dataset = dataset.map(_selector(spec, num_classes, with_boxes), num_parallel_calls=AUTOTUNE)
+    if spec.in_memory:
+        dataset = dataset.cache()
+    return dataset, num_examples, split
+
+
+def _augment(dataset, builder, spec, num_examples, *, seed, reshuffle_each_iteration, with_boxes, **transform):
+    """Step two: shuffled, with one stateless seed per example (training), then augmented.
+
+    `transform` holds `transform_example`'s options (augmentation, size, training, crops,
+    resize, mean); the elements become (image, label[, box]).
+    """
+    if transform["training"]:
+        buffer = num_examples if spec.in_memory else min(num_examples, _MAX_SHUFFLE_BUFFER)
+        dataset = dataset.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=reshuffle_each_iteration)
+        # One stateless seed per example, new each epoch, fixed by `seed` for a whole run.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle_each_iteration)
+        dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
+    image_feature = None if spec.in_memory else builder.info.features["image"]
+
+    def augment(example, example_seed=None):
+        image = example["image"]
+        if image_feature is not None:
+            image = image_feature.decode_example(image)
+        image, box = transform_example(image, example.get("box"), example_seed, **transform)
+        return (image, example["label"], box) if with_boxes else (image, example["label"])
+
+    return dataset.map(augment, num_parallel_calls=AUTOTUNE)
+
+
+def _describe(name, spec, builder, split, *, num_classes, size, num_examples, batch_size, drop_remainder, crops,
+              training, mean, data_dir) -> DatasetInfo:
+    """Step three: what the model and its evaluation need to know about the pipeline."""
+    steps = num_examples // batch_size if drop_remainder else math.ceil(num_examples / batch_size)
+    return DatasetInfo(
+        name=name,
+        split=split,
+        num_classes=num_classes,
+        class_names=_class_names(spec, builder, data_dir),
+        multi_label=spec.multi_label,
+        has_boxes=spec.box_key is not None,
+        image_shape=(size[0], size[1], 3),
+        num_examples=num_examples,
+        steps_per_epoch=steps,
+        num_crops=10 if crops == "ten" else 1,
+        training=training,
+        test_split=spec.test_split,
+        validation_split=spec.validation_split,
+        tfds_name=builder.info.full_name.rsplit("/", 1)[0],
+        pixel_mean=mean,
+    )
 
 
 def load_dataset(
@@ -360,106 +418,43 @@ def load_dataset(
     `hold_out` > 0 sets aside a seeded (`hold_out_seed`), stratified share of `split`
     (`held_out_ids`): the dataset is the rest, or with `held_out=True` only that share (a
     validation split carved from the training split).
-    `augmentation` (one of `AUGMENTATIONS`; default the dataset's) also sets how evaluation
-    resizes: `squash` and `inception` resize then centre-crop, `none` and `cifar` resize.
-    Images are float32 RGB in [0, 1] (CIFAR-100: minus the train pixel mean), [B, H, W, 3] or
+    `augmentation` (a name of `AUGMENTATION_SPECS`; default the dataset's) also sets how evaluation
+    resizes and crops (its function's docstring says how).
+    Images are float32 RGB in [0, 1] (minus the train pixel mean where the dataset's own augmentation
+    subtracts it, `DatasetInfo.pixel_mean`), [B, H, W, 3] or
     [B, 10, H, W, 3] with crops="ten"; labels int32 [B], or multi-hot float32 [B, C] for
     multi-label data; boxes float32 [B, 4] `[ymin, xmin, ymax, xmax]` in the output image.
     """
     spec = get_spec(name)
     training = split.startswith("train") if training is None else training
     augmentation = augmentation or spec.augmentation
-    _check_arguments(name, spec, split, augmentation, batch_size, training, with_boxes, crops, resize)
+    _check_arguments(name, spec, split, augmentation, batch_size, training, with_boxes, crops, resize, hold_out)
     size = _image_size(image_size, spec.image_size)
     drop_remainder = training if drop_remainder is None else drop_remainder
 
     builder = prepare_builder(name, data_dir, manual_dir, config)
-    label_feature = builder.info.features[spec.label_key]
-    num_classes = (label_feature.feature if spec.multi_label else label_feature).num_classes
-    mean = train_pixel_mean(builder, spec, data_dir) if spec.augmentation == "cifar" else None
-
+    num_classes, mean = _num_classes(builder, spec), _pixel_mean(builder, spec, data_dir)
     options = tf.data.Options()
     options.deterministic = deterministic or not training  # evaluation keeps the split's order
-    # Large images stay encoded until after the shuffle; small datasets are cached decoded.
-    dataset = read_split(
-        builder,
-        spec,
-        split,
-        decode_images=spec.in_memory,
-        with_boxes=with_boxes,
-        shuffle_files=training,
-        read_config=tfds.ReadConfig(shuffle_seed=seed, options=options),
+    dataset, num_examples, split = _read(
+        builder, spec, split, num_classes, training=training, seed=seed, options=options, with_boxes=with_boxes,
+        hold_out=(hold_out, hold_out_seed, held_out) if hold_out > 0 else None, data_dir=data_dir, name=name,
     )
-    num_examples = int(dataset.cardinality())
-    if num_examples < 0:
-        num_examples = builder.info.splits[split].num_examples
-    if not 0.0 <= hold_out < 1.0:
-        raise ValueError(f"hold_out must be in [0, 1): the share of {split!r} set aside; got {hold_out}.")
-    if hold_out > 0:
-        ids = held_out_ids(builder, spec, split, hold_out, hold_out_seed, data_dir)
-        if not ids or len(ids) == num_examples:
-            raise ValueError(
-                f"Holding out {hold_out:g} of {name!r} {split!r} ({num_examples} examples) leaves "
-                f"{len(ids)} to validate on and {num_examples - len(ids)} to train on; choose another share."
-            )
-        num_examples = len(ids) if held_out else num_examples - len(ids)
-        # A filter hides the size; stated again, Keras knows when an epoch ends.
-        dataset = dataset.filter(_keep(ids, take_listed=held_out)).apply(
-            tf.data.experimental.assert_cardinality(num_examples)
-        )
-        split = f"{split} ({'held out' if held_out else 'without'} {hold_out:g}, seed {hold_out_seed})"
-
-    dataset = dataset.map(_selector(spec, num_classes, with_boxes), num_parallel_calls=AUTOTUNE)
-    if spec.in_memory:
-        dataset = dataset.cache()
-    if training:
-        buffer = num_examples if spec.in_memory else min(num_examples, _MAX_SHUFFLE_BUFFER)
-        dataset = dataset.shuffle(
-            max(buffer, 1), seed=seed, reshuffle_each_iteration=reshuffle_each_iteration
-        )
-        # One stateless seed per example, new each epoch, fixed by `seed` for a whole run.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle_each_iteration)
-        dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
-
-    transform_options = dict(
-        augmentation=augmentation, size=size, training=training, crops=crops, resize=resize, mean=mean
+    dataset = _augment(
+        dataset, builder, spec, num_examples, seed=seed, reshuffle_each_iteration=reshuffle_each_iteration,
+        with_boxes=with_boxes, augmentation=augmentation, size=size, training=training, crops=crops, resize=resize,
+        mean=mean,
     )
-    image_feature = None if spec.in_memory else builder.info.features["image"]
-
-    def transform(example, example_seed=None):
-        image = example["image"]
-        if image_feature is not None:
-            image = image_feature.decode_example(image)
-        image, box = transform_example(image, example.get("box"), example_seed, **transform_options)
-        return (image, example["label"], box) if with_boxes else (image, example["label"])
-
-    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
-    dataset = dataset.with_options(options)
-
-    num_crops = 10 if crops == "ten" else 1
-    steps = num_examples // batch_size if drop_remainder else math.ceil(num_examples / batch_size)
-    info = DatasetInfo(
-        name=name,
-        split=split,
-        num_classes=num_classes,
-        class_names=_class_names(spec, builder, data_dir),
-        multi_label=spec.multi_label,
-        has_boxes=spec.box_key is not None,
-        image_shape=(size[0], size[1], 3),
-        num_examples=num_examples,
-        steps_per_epoch=steps,
-        num_crops=num_crops,
-        training=training,
-        test_split=spec.test_split,
-        validation_split=spec.validation_split,
-        tfds_name=builder.info.full_name.rsplit("/", 1)[0],
-        pixel_mean=mean,
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE).with_options(options)
+    return dataset, _describe(
+        name, spec, builder, split, num_classes=num_classes, size=size, num_examples=num_examples,
+        batch_size=batch_size, drop_remainder=drop_remainder, crops=crops, training=training, mean=mean,
+        data_dir=data_dir,
     )
-    return dataset, info
 
 
 __all__ = [
+    "CROPS",
     "DATASETS",
     "DatasetInfo",
     "load_dataset",

@@ -1,7 +1,9 @@
 """What each supported dataset is in TFDS, how it is augmented, and how to get its files.
 
-One `DatasetSpec` per name; `prepare_builder` turns a name into a prepared TFDS builder or a
-`MissingDataError` that says exactly which files to fetch and where to put them.
+One `DatasetSpec` per name in `SPECS` (add a dataset there: BUILD_NOTES.md, "How to add… A
+dataset"); `prepare_builder` turns a name into a prepared TFDS builder or a `MissingDataError`
+that says exactly which files to fetch and where to put them. The augmentations a spec names
+are those of `augmentations.AUGMENTATION_SPECS`, re-exported here with their names.
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from icasc_tf.data import caltech256, cluttered_digits, fashion_mnist, image_folder
+from icasc_tf.data.augmentations import AUGMENTATION_SPECS, AUGMENTATIONS, Augmentation, get_augmentation
 from icasc_tf.data.errors import MissingDataError
-
-# How images are resized and augmented; see icasc_tf.data.pipeline.transform_example.
-AUGMENTATIONS = ("none", "cifar", "squash", "inception")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +140,19 @@ SPECS: dict[str, DatasetSpec] = {
         instructions=image_folder.INSTRUCTIONS,
     ),
 }
+# The names as imported (choices of command-line flags); lookups read `SPECS` itself.
 DATASETS: tuple[str, ...] = tuple(SPECS)
 
 
 def get_spec(name: str) -> DatasetSpec:
     if name not in SPECS:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {DATASETS}.")
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {tuple(SPECS)}.")
     return SPECS[name]
+
+
+def datasets_augmented_by(augmentations) -> list[str]:
+    """The datasets whose own augmentation is one of `augmentations` (for messages and help texts)."""
+    return [name for name, spec in SPECS.items() if spec.augmentation in augmentations]
 
 
 def default_data_dir(data_dir: str | None) -> str:
@@ -220,3 +226,19 @@ def prepare_builder(
         message = _missing_data_message(name, spec, files or list(spec.download_files), manual_dir)
         raise MissingDataError(f"{message}\nThe download failed with: {error}") from error
     return builder
+
+
+__all__ = [
+    "AUGMENTATIONS",
+    "AUGMENTATION_SPECS",
+    "DATASETS",
+    "SPECS",
+    "Augmentation",
+    "DatasetSpec",
+    "builder_config",
+    "datasets_augmented_by",
+    "default_data_dir",
+    "get_augmentation",
+    "get_spec",
+    "prepare_builder",
+]
