@@ -13,6 +13,7 @@ import numpy as np
 from absl import app, flags
 
 from icasc_tf import AttentionImages, explain
+from icasc_tf.cli import command
 from icasc_tf.data import load_dataset
 
 FLAGS = flags.FLAGS
@@ -34,7 +35,7 @@ def small_cnn(num_classes):
 
 
 def main(argv):
-    del argv
+    command.begin(argv)  # quiet libraries, no stray arguments
     keras.utils.set_random_seed(0)
     train, info = load_dataset("cluttered_digits", "train", 64, training=True)
     test, _ = load_dataset("cluttered_digits", "test", 64, training=False)
@@ -42,7 +43,8 @@ def main(argv):
     model = small_cnn(info.num_classes)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     panels = AttentionImages(FLAGS.logs, x_val[:6], y_val[:6], info.class_names)
-    model.fit(train, validation_data=test, epochs=FLAGS.epochs, callbacks=[panels], verbose=2)
+    model.fit(train, validation_data=test, epochs=FLAGS.epochs, callbacks=[panels], verbose=2,
+              shuffle=False)  # the dataset shuffles itself
     panels.close()
     out = explain(model, x_val[:4], method="gradcam", top_k=3)
     print(f"explain: maps {out['maps'].shape} at layer {out['layer']!r}, classes {out['classes'].tolist()}")
