@@ -83,10 +83,10 @@ class FeatureGraph:
         self.input = model.inputs[0]  # the layers are called again on it: new nodes, the same input layer
         self._tensors, self._layers, self._aliases = {}, {}, {}
         self._calls = {}
-        self._made_by = {}  # id(tensor) -> (operation, args): the output's producer, for the scores
+        self._made_by = {}  # id(output) -> (operation, args, output): its producer, for the scores
         self._named = {}  # id(tensor) -> the path that first produced it
         self._convolved = set()  # ids of tensors computed through a convolution
-        self._pooled = []  # paths of the 4-D maps that a spatial reduction consumes, in call order
+        self._reduced = []  # the 4-D maps that a spatial reduction consumes, in call order
         self._opaque = []  # nested models whose layers cannot be reached (subclassed)
         self.output = self._run(model, self.input, "", None)
         if _rank(self.output) != 2:
@@ -96,6 +96,7 @@ class FeatureGraph:
             )
         self.paths = list(self._tensors)
         self.feature_maps = [p for p in self.paths if self._is_feature_map(p)]
+        self._pooled = [self._named[id(t)] for t in self._reduced if id(t) in self._named]
 
     # ------------------------------------------------------------------ building
     def _run(self, model, inputs, prefix, training):
@@ -114,9 +115,8 @@ class FeatureGraph:
             outputs = operation(*args, **kwargs)
             if isinstance(operation, keras.Model):
                 self._opaque.append(prefix + operation.name)
-            if isinstance(operation, keras.layers.Layer):
-                self._record(prefix + operation.name, operation, outputs, args, kwargs)
-            self._made_by[id(outputs)] = (operation, args)
+            self._follow(operation, outputs, args, kwargs)
+            self._record(prefix + operation.name, operation, outputs)  # layers, and keras.ops calls by their name
             return outputs
 
         if isinstance(model, keras.Sequential):
@@ -126,17 +126,21 @@ class FeatureGraph:
             return outputs
         return keras_compat.run_functional_graph(model, inputs, call)
 
-    def _record(self, path, layer, outputs, args, kwargs):
+    def _follow(self, operation, outputs, args, kwargs):
+        """What every call tells: its producer, whether its outputs went through a convolution,
+        and whether it reduces a feature map spatially (pooling, flattening)."""
+        self._made_by[id(outputs)] = (operation, args, outputs)
+        inputs = [t for t in keras.tree.flatten((args, kwargs)) if keras.backend.is_keras_tensor(t)]
+        if _convolves(operation) or any(id(t) in self._convolved for t in inputs):
+            self._convolved.update(id(t) for t in keras.tree.flatten(outputs))
+        maps = [t for t in inputs if _rank(t) == 4 and id(t) in self._convolved]
+        if maps and all(_rank(t) < 4 for t in keras.tree.flatten(outputs)):
+            self._reduced.append(maps[-1])
+
+    def _record(self, path, layer, outputs):
         self._calls[path] = self._calls.get(path, 0) + 1
         self._tensors[path], self._layers[path] = outputs, layer
         self._named.setdefault(id(outputs), path)
-        inputs = [t for t in keras.tree.flatten((args, kwargs)) if keras.backend.is_keras_tensor(t)]
-        if _convolves(layer) or any(id(t) in self._convolved for t in inputs):
-            self._convolved.update(id(t) for t in keras.tree.flatten(outputs))
-        maps = [t for t in inputs if _rank(t) == 4 and id(t) in self._convolved]
-        reduced = all(_rank(t) < 4 for t in keras.tree.flatten(outputs))
-        if maps and reduced and id(maps[-1]) in self._named:
-            self._pooled.append(self._named[id(maps[-1])])
 
     def _is_feature_map(self, path):
         tensor = self._tensors[path]
@@ -208,7 +212,7 @@ class FeatureGraph:
 
     def final_layer(self):
         """The layer that computes the output, and its input tensor."""
-        operation, args = self._made_by.get(id(self.output), (None, (None,)))
+        operation, args, _ = self._made_by.get(id(self.output), (None, (None,), None))
         return operation, args[0]
 
     def scores(self, output="auto"):

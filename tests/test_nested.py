@@ -108,6 +108,18 @@ def test_the_default_layer_is_never_a_preprocessing_layer():
         explain(no_features, x)
 
 
+def test_keras_ops_in_the_graph_are_followed_and_named():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.ops.relu(keras.layers.Conv2D(4, 3, name="conv")(inputs))  # an operation, not a layer
+    outputs = keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(x))
+    graph = FeatureGraph(keras.Model(inputs, outputs))
+    relu = graph.default_map()
+    assert graph.feature_maps == ["conv", relu] and relu.startswith("relu")
+    x_, _ = _data(2)
+    maps = Explainer(graph.model).maps(x_)["maps"][relu]
+    assert maps.shape == (2, 1, SIZE - 2, SIZE - 2)
+
+
 def test_a_subclassed_model_gets_one_clear_error():
     class Net(keras.Model):
         def __init__(self):
