@@ -90,8 +90,8 @@ def test_run_writes_everything_and_resumes(tmp_path):
     assert (run / "checkpoints" / "epoch-0002").is_dir() and not (run / "metrics.json").exists()
     # The checkpoint holds the weights the run had when it was killed (and the optimizer state).
     from icasc_tf.data import load_dataset
+    from icasc_tf.train.checkpoint import ResumableCheckpoint
     from icasc_tf.train.run import build_model, learning_rate
-    from icasc_tf.train.run_callbacks import ResumableCheckpoint
 
     _, info = load_dataset("cluttered_digits", "train", 16, data_dir=config.data_dir, num_train=96, num_test=32)
     fresh = build_model(config, info)
