@@ -78,7 +78,10 @@ def test_a_run_labels_every_number_with_its_split_and_reports_test_at_the_end(tm
     best = metrics["validation"]["best"]
     assert best["epoch"] in (1, 2) and 0.0 <= best["val_accuracy"] <= 1.0
     # best.keras is what the validation split chose; both models are scored on test only now.
-    assert set(metrics["test"]) == {"split", "final", "best"}
+    assert set(metrics["test"]) == {"split", "examples", "split_examples", "final", "best"}
+    # Without --eval_steps every evaluation covers its whole split.
+    assert (metrics["test"]["examples"], metrics["test"]["split_examples"]) == (40, 40)
+    assert (metrics["validation"]["examples"], metrics["validation"]["split_examples"]) == (20, 20)
     assert np.isfinite(metrics["test"]["best"]["accuracy"]) and np.isfinite(metrics["test"]["final"]["accuracy"])
 
 
