@@ -15,12 +15,15 @@ import statistics
 
 from absl import app, flags
 
+from icasc_tf.train.run_callbacks import validation_log
 from icasc_tf.train.run_dir import RunDir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/study", "The --output_dir of a scripts/study.py study.")
-KEYS = (("val_accuracy", "validation top-1"), ("val_zero_target_inner", "zero map (inner)"),
-        ("val_zero_target_last", "zero map (last)"))
+KEYS = tuple((validation_log(metric), title) for metric, title in (
+    ("accuracy", "validation top-1"), ("zero_target_inner", "zero map (inner)"),
+    ("zero_target_last", "zero map (last)"),
+))
 
 
 def curves(output_dir):
