@@ -312,6 +312,14 @@ def _progress(config):
     return config.verbose, False
 
 
+def _previous_best(run, monitor):
+    """The value best.keras was saved at (a resumed run keeps it), None before one or off the chief."""
+    try:
+        return float(run.run_dir.best_record()[monitor]) if run.chief else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _callbacks(run, callbacks):
     """The run's callbacks in the order they must run, the caller's wrapped ``OncePerRun``.
 
@@ -319,7 +327,6 @@ def _callbacks(run, callbacks):
     """
     config, position, own = run.config, run.position, run.own
     monitor = monitored_metric(run.info)
-    best = run.run_dir.best_record().get(monitor) if run.chief else None
     callers = [OncePerRun(c) for c in callbacks]
     summaries = TrainingSummaries(own.logs, config.summary_every, position)
     one_epoch = OneEpochPerFit()
@@ -330,7 +337,7 @@ def _callbacks(run, callbacks):
         keras.callbacks.TerminateOnNaN(),
         run.checkpoint,
         BestModel(run.run_dir.model_path("best"), run.run_dir.best_record_path, monitor, write=run.chief,
-                  best=None if best is None else float(best)),
+                  best=_previous_best(run, monitor)),
     ]
     if config.attention_warmup:
         ordered.append(AttentionWarmup(config.attention_warmup, run.steps, position=position))
