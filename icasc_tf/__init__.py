@@ -1,13 +1,14 @@
 """icasc_tf: attention separability and consistency (ICASC) and painless attention for Keras 3."""
 
-import os
 import sys
 
-# Our commands (icasc-train, ...) silence TensorFlow's C++ runtime warnings, as scripts/*.py do
-# before importing us; TensorFlow reads the variable when it loads, so it must be set here, first.
-# A library import leaves the user's environment alone.
-if os.path.basename(sys.argv[0] if sys.argv else "").startswith("icasc-"):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Our commands (icasc-train, ..., scripts/*.py) load TensorFlow without its start-up notes; it must
+# happen here, before anything loads it (icasc_tf/cli/command.py says why and how). A library
+# import leaves the user's process alone.
+if "tensorflow" not in sys.modules:
+    from icasc_tf.cli.command import quiet_tensorflow_start_up
+
+    quiet_tensorflow_start_up()
 
 # Registers the custom layers of backbones and painless attention, so that
 # keras.models.load_model works after `import icasc_tf`.

@@ -27,12 +27,12 @@ OUTPUT_DIR/BACKGROUND/NAME[+MODIFIER...]/seed-N, seed by seed, so that a partial
 every arm's first seed before any arm's second.
 """
 
-import os
+import icasc_tf  # noqa: F401  (first: a command starts TensorFlow quietly, before keras loads it)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
-
+# isort: split
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -210,7 +210,7 @@ def run_arm(arm, seed, recipe):
             "use another --output_dir for another recipe."
         )
     run_dir = RunDir(config.model_dir)
-    eval_path = run_dir.file("eval_test.json")
+    eval_path = run_dir.evaluation_path("test")
     if os.path.exists(eval_path):
         with open(eval_path, encoding="utf-8") as f:
             return json.load(f)
@@ -221,7 +221,7 @@ def run_arm(arm, seed, recipe):
     dataset, info = load_split(config, Splits.of(config).test, config.batch_size)
     results = evaluate_model(
         model, dataset, info, max_batches=FLAGS.eval_batches or None,
-        ks_chart_path=run_dir.file("ks_test.png"),
+        ks_chart_path=RunDir.chart_beside(eval_path),
     )
     pairs = confusable_pair_errors(results, info.class_names)
     if pairs:

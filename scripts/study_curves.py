@@ -3,8 +3,9 @@ target map is all zero at each layer, mean over seeds, one table per arm.
 
     python scripts/study_curves.py --output_dir=runs/study3/scratch
 
-Reads each run's ``eval_test.json`` (``validation_curve``, written by ``scripts/study.py``), so it
-runs on a finished or partial study without training anything.
+Reads each run's test evaluation (``RunDir.evaluation_path("test")``: its ``validation_curve``,
+written by ``scripts/study.py``), so it runs on a finished or partial study without training
+anything.
 """
 
 import glob
@@ -14,17 +15,25 @@ import statistics
 
 from absl import app, flags
 
+from icasc_tf.train.run_callbacks import validation_log
+from icasc_tf.train.run_dir import RunDir
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/study", "The --output_dir of a scripts/study.py study.")
-KEYS = (("val_accuracy", "validation top-1"), ("val_zero_target_inner", "zero map (inner)"),
-        ("val_zero_target_last", "zero map (last)"))
+KEYS = tuple((validation_log(metric), title) for metric, title in (
+    ("accuracy", "validation top-1"), ("zero_target_inner", "zero map (inner)"),
+    ("zero_target_last", "zero map (last)"),
+))
 
 
 def curves(output_dir):
     """``{arm folder: {key: [per-epoch mean over seeds]}}`` and the seeds found per arm."""
     found = {}
-    for path in sorted(glob.glob(os.path.join(output_dir, "*", "*", "seed-*", "eval_test.json"))):
-        arm = os.path.relpath(os.path.dirname(os.path.dirname(path)), output_dir)
+    for run in sorted(glob.glob(os.path.join(output_dir, "*", "*", "seed-*"))):
+        path = RunDir(run).evaluation_path("test")
+        if not os.path.isfile(path):
+            continue
+        arm = os.path.relpath(os.path.dirname(run), output_dir)
         with open(path, encoding="utf-8") as f:
             curve = json.load(f).get("validation_curve", {})
         found.setdefault(arm, []).append(curve)

@@ -213,6 +213,7 @@ def test_evaluate_model_single_label_with_boxes(single_label_model, tmp_path):
     expected = np.zeros((CLASSES, CLASSES), int)
     np.add.at(expected, (labels, predicted), 1)
     np.testing.assert_array_equal(results["confusion_matrix"], expected)
+    assert results["confusion_matrix_classes"] == [f"c{i}" for i in range(CLASSES)]  # its rows' and columns' order
     assert np.trace(expected) / 12 == pytest.approx(results["top1"])
     assert json.loads(json.dumps(results)) == results
 
@@ -221,8 +222,10 @@ def test_evaluate_model_ten_crop_of_identical_crops_equals_single_crop(single_la
     images, labels = _images(8, seed=1), np.arange(8) % CLASSES
     single = evaluate_model(single_label_model, tf.data.Dataset.from_tensor_slices((images, labels)).batch(4), _info())
     ten = tf.data.Dataset.from_tensor_slices((np.repeat(images[:, None], 10, axis=1), labels)).batch(4)
-    results = evaluate_model(single_label_model, ten, _info(), max_batches=1)
+    info = types.SimpleNamespace(**vars(_info()), num_examples=8)
+    results = evaluate_model(single_label_model, ten, info, max_batches=1)
     assert results["crops"] == "ten" and results["examples"] == 4 and "as_inner" not in results
+    assert results["split_examples"] == 8  # max_batches: 4 of the split's 8 images
     four = tf.data.Dataset.from_tensor_slices((images[:4], labels[:4])).batch(4)
     first = evaluate_model(single_label_model, four, _info())
     assert results["top1"] == pytest.approx(first["top1"])
@@ -254,6 +257,25 @@ def test_evaluate_model_rejects_a_mismatched_dataset(single_label_model):
 SCRIPT = os.path.join(REPO, "scripts", "evaluate.py")
 
 
+def test_the_printed_confusion_matrix_names_its_classes_and_axes():
+    from icasc_tf.cli.evaluate import confusion_table, format_table
+
+    results = {"examples": 7, "split_examples": 9, "top1": 0.5, "confusion_matrix": [[3, 1, 0], [0, 2, 0], [1, 0, 0]],
+               "confusion_matrix_classes": ["t-shirt/top", "trouser", "pullover"]}
+    assert format_table(results).splitlines() == [
+        "examples  7 of 9",
+        "top1      50.00 %",
+        "",
+        "confusion_matrix (rows: true class, columns: predicted class, by index)",
+        "true \\ predicted  0 1 2",
+        "0 t-shirt/top     3 1 0",
+        "1 trouser         0 2 0",
+        "2 pullover        1 0 0",
+    ]
+    wide = confusion_table([[0] * 21] * 21)
+    assert wide == ["confusion_matrix: 21 classes, in the results file (rows true, columns predicted)"]
+
+
 def _run_script(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300)
@@ -283,6 +305,17 @@ def test_script_evaluates_a_run_folder(tmp_path):
     assert 0.0 <= results["pointing_game_last"] <= 1.0 and 0.0 <= results["top1"] <= 1.0
     assert (model_dir / "eval_test_ks.png").exists()
     assert "pointing_game_last" in done.stdout and "%" in done.stdout
+    lines = done.stdout.splitlines()
+    assert "best.keras on split 'test': 12 of 12 images" in lines and "examples                12 of 12" in lines
+    table = lines.index("confusion_matrix (rows: true class, columns: predicted class, by index)")
+    assert lines[table + 1].split() == ["true", "\\", "predicted", *map(str, range(10))]
+    assert [line.split()[0] for line in lines[table + 2:table + 12]] == [str(i) for i in range(10)]
+    assert sum(int(n) for line in lines[table + 2:table + 12] for n in line.split()[1:]) == 12
+    partial = _run_script(f"--model_dir={model_dir}", "--max_batches=2", f"--output={tmp_path / 'part.json'}")
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    assert "best.keras on split 'test': 10 of 12 images (--max_batches=2: part of the split)" in (
+        partial.stdout.splitlines())
+    assert json.loads((tmp_path / "part.json").read_text())["examples"] == 10
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from icasc_tf.train import RunDir, TrainConfig, run_training
-from icasc_tf.train.run_callbacks import CheckpointError, ResumableCheckpoint, StopOnSignal
+from icasc_tf.train.checkpoint import CheckpointError, ResumableCheckpoint
+from icasc_tf.train.run_callbacks import StopOnSignal
 from tests.script_output import our_lines
 
 pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them

@@ -9,6 +9,8 @@ import sys
 import pytest
 from absl import flags
 
+from icasc_tf.backbones import IMAGENET_BACKBONES
+from icasc_tf.data.registry import SPECS
 from icasc_tf.train import RunDir, TrainConfig, recipes
 from icasc_tf.train import config as run_config
 from icasc_tf.train.recipes import config_from_argv, read_flagfile
@@ -210,3 +212,51 @@ def test_script_prints_the_recipe_and_warning_then_fails_on_missing_data_writing
     error = result.stderr[result.stderr.index("train.py: error:"):]  # the missing-data message (several lines)
     assert "256_ObjectCategories" in error and "--manual_dir" in error and str(tmp_path / "manual") in error, error
     assert not (tmp_path / "run").exists()
+
+
+def test_a_datasets_recipe_is_its_registry_entry(monkeypatch):
+    assert config_from_argv(["train.py", "--dataset=cifar100"]).recipe.name == SPECS["cifar100"].recipe
+    monkeypatch.setitem(SPECS, "cifar100", dataclasses.replace(SPECS["cifar100"], recipe=None))
+    resolution = config_from_argv(["train.py", "--dataset=cifar100", "--arch=resnet110"])
+    assert resolution.recipe is None and resolution.config == TrainConfig(dataset="cifar100", arch="resnet110")
+
+
+def test_option_roles_are_the_options_own_metadata():
+    assert set(run_config.NOT_PART_OF_RUN) == {
+        "overwrite", "verbose", "model_dir", "data_dir", "manual_dir", "strategy", "summary_every",
+        "attention_images", "attention_images_every", "checkpoint_every",
+    }
+    assert run_config.NOT_FROM_RECIPE == ("weights",)
+    assert run_config.BACKBONE_OPTIONS == ("arch", "arch_options")
+    assert set(run_config.METHOD_CHANGES) == {"baseline", "painless_depth"}
+    roles = {f.name: f.metadata.get("check") for f in dataclasses.fields(TrainConfig)}
+    assert roles["batch_size"] is run_config.POSITIVE and roles["eval_steps"] is run_config.NON_NEGATIVE
+
+
+def test_help_lists_what_the_registries_hold():
+    text = " ".join(run_config.grouped_help("usage").split())
+    for name, spec in SPECS.items():
+        assert name in text[text.index("--dataset="):text.index("--dataset_config=")], name
+        own = text[text.index("the dataset's own ("):text.index("--data_dir=")]
+        assert f"{spec.augmentation}: " in own and name in own.split(f"{spec.augmentation}: ")[1].split(";")[0], name
+        manual = text[text.index("--manual_dir="):text.index("model:")]
+        assert (name in manual) == bool(spec.manual_files or spec.config_from_manual_dir), name
+    weights = text[text.index("--weights="):text.index("--painless_depth=")]
+    assert all(name in weights for name in IMAGENET_BACKBONES)
+
+
+def test_validation_reports_every_problem_at_once_and_the_method_ranges_from_their_one_home():
+    with pytest.raises(ValueError) as caught:
+        TrainConfig(batch_size=0, sigma=2, theta=-0.1, arch_options=["widht"]).validate()
+    message = str(caught.value)
+    for part in ("--batch_size must be positive; got 0.", "--sigma must be in (0, 1)", "got 2.",
+                 "--arch_options takes key=value items; got 'widht'."):
+        assert part in message, part
+    assert "--theta" not in message  # the method's check stops at its first problem
+    with pytest.raises(ValueError, match="^--omega must be > 0: the mask's sharpness; got -1.$"):
+        TrainConfig(omega=-1).validate()
+    with pytest.raises(ValueError, match="--loss_weights must be three finite non-negative numbers"):
+        TrainConfig(loss_weights=["1", "-1", "1"]).validate()
+    assert TrainConfig(baseline=True, loss_weights=["1", "nan", "1"]).validate().float_loss_weights() == (0, 0, 0)
+    with pytest.raises(ValueError, match="--sigma must be in"):
+        TrainConfig(baseline=True, sigma=1.0).validate()

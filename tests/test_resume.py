@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from icasc_tf.train import TrainConfig, run_training
-from icasc_tf.train.run_callbacks import ResumableCheckpoint
+from icasc_tf.train.checkpoint import ResumableCheckpoint
 from icasc_tf.train.stream import TrainingStream
 
 pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them

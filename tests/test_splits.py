@@ -12,7 +12,7 @@ import pytest
 
 from icasc_tf.data import load_dataset
 from icasc_tf.train import TrainConfig, run_training
-from icasc_tf.train.stream import Splits, TrainingStream
+from icasc_tf.train.stream import Splits, TrainingStream, evaluated_examples, evaluation_steps
 
 DATA = dict(num_train=200, num_test=40)
 
@@ -78,7 +78,10 @@ def test_a_run_labels_every_number_with_its_split_and_reports_test_at_the_end(tm
     best = metrics["validation"]["best"]
     assert best["epoch"] in (1, 2) and 0.0 <= best["val_accuracy"] <= 1.0
     # best.keras is what the validation split chose; both models are scored on test only now.
-    assert set(metrics["test"]) == {"split", "final", "best"}
+    assert set(metrics["test"]) == {"split", "examples", "split_examples", "final", "best"}
+    # Without --eval_steps every evaluation covers its whole split.
+    assert (metrics["test"]["examples"], metrics["test"]["split_examples"]) == (40, 40)
+    assert (metrics["validation"]["examples"], metrics["validation"]["split_examples"]) == (20, 20)
     assert np.isfinite(metrics["test"]["best"]["accuracy"]) and np.isfinite(metrics["test"]["final"]["accuracy"])
 
 
@@ -100,3 +103,12 @@ def test_an_official_validation_split_or_an_explicit_one_is_used_as_is():
     assert Splits.of(explicit) == Splits("train[:180]", "train[180:]", "test", 0.0, 0)
     with pytest.raises(ValueError, match="--validation_share must be in"):
         TrainConfig(validation_share=1.0).validate()
+
+
+def test_a_partial_evaluation_counts_exactly_the_examples_its_batches_hold(tmp_path):
+    dataset, info = load_dataset("cluttered_digits", "test", 16, training=False, data_dir=str(tmp_path), **DATA)
+    sizes = [len(labels) for _, labels in dataset.as_numpy_iterator()]
+    assert sizes == [16, 16, 8] and info.num_examples == 40  # the last batch is partial
+    for eval_steps, steps, examples in ((0, None, 40), (1, 1, 16), (2, 2, 32), (3, None, 40), (9, None, 40)):
+        assert evaluation_steps(info, 16, eval_steps) == steps  # None: every batch (Keras never runs out)
+        assert evaluated_examples(info, 16, steps) == examples == sum(sizes[:steps])

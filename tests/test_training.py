@@ -90,8 +90,8 @@ def test_run_writes_everything_and_resumes(tmp_path):
     assert (run / "checkpoints" / "epoch-0002").is_dir() and not (run / "metrics.json").exists()
     # The checkpoint holds the weights the run had when it was killed (and the optimizer state).
     from icasc_tf.data import load_dataset
+    from icasc_tf.train.checkpoint import ResumableCheckpoint
     from icasc_tf.train.run import build_model, learning_rate
-    from icasc_tf.train.run_callbacks import ResumableCheckpoint
 
     _, info = load_dataset("cluttered_digits", "train", 16, data_dir=config.data_dir, num_train=96, num_test=32)
     fresh = build_model(config, info)
@@ -110,6 +110,7 @@ def test_run_writes_everything_and_resumes(tmp_path):
     for key in ("accuracy", "loss", "as_inner", "as_last", "ac", "classification_loss"):
         assert np.isfinite(metrics["validation"]["final"][key]), key
     assert 0.0 <= metrics["validation"]["final"]["accuracy"] <= 1.0 and "accuracy" in metrics["test"]["best"]
+    assert not (run / ".lock").exists()  # the finished run took its lock file with it
     # The saved flags repeat the run.
     assert f"--model_dir={run}" in (run / "flags.txt").read_text()
     # TensorBoard: scalars and the attention images, per epoch.
@@ -247,6 +248,29 @@ def test_bad_input_exits_with_one_clear_line(tmp_path, args, message):
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("train.py: error: ") and message in last, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--sigma=2", "--sigma must be in (0, 1): the mask threshold as a fraction of the map's maximum (at 1 or "
+         "above the mask is zero everywhere and the attention losses are dead); got 2.0."),
+        ("--omega=0", "--omega must be > 0: the mask's sharpness; got 0.0."),
+        ("--theta=1.5", "--theta must be in [0, 1]: the share of the inner map the consistency term asks to lie "
+         "inside the mask; got 1.5."),
+        ("--loss_weights=1,nan,1", "--loss_weights must be three finite non-negative numbers, the weights of "
+         "(L_AS^in, L_AS^la, L_AC); got ['1', 'nan', '1']."),
+        ("--model_dir={tmp_path}/a_file", "--model_dir={tmp_path}/a_file is a file, not a folder: name a folder for "
+         "the run (a new one is created)."),
+    ],
+)
+def test_out_of_range_method_options_and_a_file_as_model_dir_are_one_line_exit_2(tmp_path, flag, message):
+    (tmp_path / "a_file").write_text("not a run folder")
+    model_dir = [] if flag.startswith("--model_dir") else [f"--model_dir={tmp_path}/run"]
+    result = _train_script(*model_dir, flag.format(tmp_path=tmp_path), f"--data_dir={tmp_path}/tfds")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"train.py: error: {message.format(tmp_path=tmp_path)}"]
+    assert result.stdout == "" and not (tmp_path / "run").exists() and not (tmp_path / "tfds").exists()
 
 
 def test_unknown_flag_in_flagfile_fails(tmp_path):

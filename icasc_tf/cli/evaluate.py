@@ -6,7 +6,9 @@
 
 Dataset flags default to the run's config.json. Writes the results as JSON (default
 <model_dir>/eval_<split>.json) and the KS chart beside it (<output stem>_ks.png), and
-prints them as a table. See icasc_tf.evaluation.evaluate_model for what each number is.
+prints them as a table: how many of the split's images were evaluated (fewer with
+--max_batches), then every number, the confusion matrix with its class names. See
+icasc_tf.evaluation.evaluate_model for what each number is.
 """
 
 import json
@@ -28,14 +30,16 @@ flags.DEFINE_string("model", None, "Path of a .keras ICASC model (instead of, or
 flags.DEFINE_string("dataset", None, "Dataset name; default the run's, else cluttered_digits.")
 flags.DEFINE_string("split", None, "Split to evaluate; default the run's test split (the dataset's, else test).")
 flags.DEFINE_string("data_dir", None, "TFDS data folder; default the run's.")
-flags.DEFINE_string("manual_dir", None, "Folder of manually downloaded archives; default the run's.")
+flags.DEFINE_string("manual_dir", None, "Folder of source files TFDS cannot download (an image_folder run: its "
+                    "images); default the run's.")
 flags.DEFINE_integer("batch_size", None, "Batch size; default the run's, else 64.")
 flags.DEFINE_integer("image_size", None, "Input size in pixels; default the run's (0 = dataset default).")
 flags.DEFINE_list("dataset_config", None, "Dataset builder options key=value; default the run's.")
 flags.DEFINE_string(
     "attention", None, "Map for localization/faithfulness: ach, gradcam, apx, gradcampp; default the model's."
 )
-flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches.")
+flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (the output says on how many of the "
+                     "split's images).")
 flags.DEFINE_bool("ten_crop", False, "Also report ten-crop accuracy (datasets that define ten crops).")
 flags.DEFINE_string("output", None, "Results JSON path; default <model_dir>/eval_<split>.json.")
 
@@ -51,6 +55,8 @@ def _run_config(model_dir):
     """The run's options (``{}`` without --model_dir or config.json)."""
     if model_dir is None:
         return {}
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise EvaluationError(f"--model_dir={model_dir} is a file: pass the folder of a training run (or --model=).")
     if not os.path.isdir(model_dir):
         raise EvaluationError(f"--model_dir={model_dir} does not exist: pass the folder of a training run.")
     return RunDir(model_dir).saved_options() or {}
@@ -83,9 +89,9 @@ def resolve_settings(flag_values):
 
     dataset = pick("dataset", "dataset", DEFAULT_DATASET)
     split = pick("split", "test_split", "") or _test_split(dataset)
-    output = flag_values.output or os.path.join(
-        flag_values.model_dir or os.path.dirname(os.path.abspath(model_path)), f"eval_{split}.json"
-    )
+    output = flag_values.output or RunDir(
+        flag_values.model_dir or os.path.dirname(os.path.abspath(model_path))
+    ).evaluation_path(split)
     return {
         "model_path": model_path,
         "dataset": dataset,
@@ -98,7 +104,7 @@ def resolve_settings(flag_values):
         "augmentation": config.get("augmentation") or None,  # how the run's evaluation resized
         "seed": int(config.get("seed", 0)),
         "output": output,
-        "ks_chart": os.path.splitext(output)[0] + "_ks.png",
+        "ks_chart": RunDir.chart_beside(output),
     }
 
 
@@ -132,10 +138,15 @@ def _text(value, percent):
 
 
 def format_table(results):
-    """The results as aligned ``name  value`` lines; accuracies, AP and attention shares in %."""
+    """The results as aligned ``name  value`` lines; accuracies, AP and attention shares in %; the
+    examples as ``N of M``; the confusion matrix last, as a table of its own."""
     rows = []
     for key, value in results.items():
-        if isinstance(value, dict):
+        if key in ("split_examples", "confusion_matrix", "confusion_matrix_classes"):
+            continue
+        if key == "examples":
+            rows.append((key, f"{value} of {results.get('split_examples', value)}"))
+        elif isinstance(value, dict):
             rows.append((key, ""))
             rows.extend(
                 (f"  {k}", _text(v, key.startswith(_PERCENT_KEYS) or k.startswith(_PERCENT_KEYS)))
@@ -144,7 +155,40 @@ def format_table(results):
         else:
             rows.append((key, _text(value, key.startswith(_PERCENT_KEYS))))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {text}".rstrip() for name, text in rows)
+    lines = [f"{name:<{width}}  {text}".rstrip() for name, text in rows]
+    if "confusion_matrix" in results:
+        lines += ["", *confusion_table(results["confusion_matrix"], results.get("confusion_matrix_classes"))]
+    return "\n".join(lines)
+
+
+CONFUSION_TABLE_MAX_CLASSES = 20  # wider tables stay in the JSON file only
+
+
+def confusion_table(matrix, class_names=None):
+    """The confusion matrix as lines: a row per true class (index and name), a column per predicted
+    class (by index), or one line saying where it is when it has too many classes to read."""
+    names = list(class_names or range(len(matrix)))
+    if len(matrix) > CONFUSION_TABLE_MAX_CLASSES:
+        return [f"confusion_matrix: {len(matrix)} classes, in the results file (rows true, columns predicted)"]
+    corner = "true \\ predicted"
+    labels = [str(name) if str(name) == str(i) else f"{i} {name}" for i, name in enumerate(names)]
+    first = max(len(corner), *(len(label) for label in labels))
+    width = max(len(str(len(matrix) - 1)), *(len(str(count)) for row in matrix for count in row))
+
+    def line(label, cells):
+        return f"{label:<{first}}  " + " ".join(f"{cell:>{width}}" for cell in cells)
+
+    body = [line(label, row) for label, row in zip(labels, matrix)]
+    return ["confusion_matrix (rows: true class, columns: predicted class, by index)",
+            line(corner, range(len(matrix))), *body]
+
+
+def evaluated_line(results, settings, max_batches):
+    """``<model> on split '<split>': N of M images`` (and the flag, when only part of it was evaluated)."""
+    examples, total = results["examples"], results.get("split_examples", results["examples"])
+    partial = f" (--max_batches={max_batches}: part of the split)" if examples != total else ""
+    model = os.path.basename(settings["model_path"])
+    return f"{model} on split {settings['split']!r}: {examples} of {total} images{partial}"
 
 
 def evaluate(settings, attention=None, max_batches=None, ten_crop=False):
@@ -175,6 +219,7 @@ def _main(argv):
         results = evaluate(settings, FLAGS.attention, FLAGS.max_batches, FLAGS.ten_crop)
     except (ValueError, FileNotFoundError) as error:
         command.fail("evaluate.py", error)
+    print(evaluated_line(results, settings, FLAGS.max_batches))
     print(format_table(results))
     print(f"wrote {settings['output']} and {settings['ks_chart']}")
 

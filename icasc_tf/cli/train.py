@@ -18,9 +18,10 @@ from absl import flags
 
 from icasc_tf.cli import command
 from icasc_tf.train import config as run_config
+from icasc_tf.train.checkpoint import CheckpointError
 from icasc_tf.train.recipes import resolve
 from icasc_tf.train.run import run_training
-from icasc_tf.train.run_callbacks import CheckpointError, RunInterrupted
+from icasc_tf.train.run_callbacks import RunInterrupted, metric_of
 
 run_config.define_flags()
 FLAGS = flags.FLAGS
@@ -61,17 +62,26 @@ def _score(results):
     return ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
 
 
+def _on(block, split):
+    """`` on 32 of 40 test images`` when an evaluation covered part of its split (--eval_steps), else ``""``."""
+    examples, total = block.get("examples"), block.get("split_examples")
+    return "" if examples == total else f" on {examples} of {total} {split} images"
+
+
 def done_lines(model_dir, summary):
-    """The ``done:`` line, each number with the split and model it is from, and what to run next."""
+    """The ``done:`` line, each number with the split, the share of it and the model it is from,
+    and what to run next."""
     test, validation = summary["test"], summary["validation"]
     best = validation.get("best") or {}
-    monitor = summary.get("selected_on", "val_accuracy")
+    monitor = summary["selected_on"]
     parts = [f"final.keras {_score(test['final'])}"]
     if "best" in test:
-        chosen = f"epoch {best.get('epoch')}, validation {monitor[4:]} {100 * best.get(monitor, float('nan')):.1f}%"
+        chosen = (f"epoch {best.get('epoch')}, validation {metric_of(monitor)} "
+                  f"{100 * best.get(monitor, float('nan')):.1f}%{_on(validation, 'validation')}")
         parts.append(f"best.keras ({chosen}) {_score(test['best'])}")
+    partial = f",{_on(test, 'test')} (--eval_steps)" if _on(test, "test") else ""
     return "\n".join([
-        f"done: {model_dir}: test split {test['split']!r}: " + "; ".join(parts),
+        f"done: {model_dir}: test split {test['split']!r}{partial}: " + "; ".join(parts),
         "next:",
         f"  python scripts/evaluate.py --model_dir={model_dir}    # every metric on the test split (best.keras)",
         f"  python scripts/visualize.py --model_dir={model_dir}   # top-5 classes and their attention maps",

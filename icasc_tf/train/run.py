@@ -1,8 +1,11 @@
 """One training run from a ``TrainConfig``: what ``scripts/train.py`` and the study call.
 
-``run_training`` goes through named steps: set up the runtime, check the run folder, load
-the data, build (or restore) the model, assemble the callbacks, train epoch by epoch,
-finish. Everything a run makes lives in its ``RunDir`` (``config.model_dir``).
+``run_training`` goes through named steps: set up the runtime, read the run folder, load the
+data, build the model, open the run folder (refuse, or lock it, write the options and restore a
+resumed run), assemble the callbacks, train epoch by epoch, finish. The inputs (options,
+dataset, folders, network) are checked before anything is written into the run folder, so a
+refused or failed run leaves another run's folder as it was. Everything a run makes lives in
+its ``RunDir`` (``config.model_dir``).
 """
 
 import contextlib
@@ -10,6 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import sys
 import time
 
 import keras
@@ -21,24 +25,26 @@ from icasc_tf.backbones import build_backbone
 from icasc_tf.data.registry import get_spec
 from icasc_tf.feature_maps import HEAD_LAYER
 from icasc_tf.fit_callbacks import AttentionImages, AttentionWarmup
+from icasc_tf.keras_compat import multi_worker
 from icasc_tf.model import ICASC
+from icasc_tf.train.checkpoint import ResumableCheckpoint
 from icasc_tf.train.config import TrainConfig
 from icasc_tf.train.files import atomic_save_model, atomic_write_json
 from icasc_tf.train.run_callbacks import (
     BestModel,
+    EpochLine,
     LearningRateLogger,
     OncePerRun,
     OneEpochPerFit,
-    ResumableCheckpoint,
     RunPosition,
     StopOnSignal,
     TrainingSummaries,
-    previous_best,
-    previous_best_record,
+    metric_of,
+    validation_log,
 )
-from icasc_tf.train.run_dir import RunDir, RunLock
+from icasc_tf.train.run_dir import RunDir, RunExistsError, RunLock
 from icasc_tf.train.strategy import is_chief, make_strategy, task_id
-from icasc_tf.train.stream import evaluation_split, load_data
+from icasc_tf.train.stream import evaluated_examples, evaluation_split, evaluation_steps, load_data
 
 _log = logging.getLogger(__name__)
 # Layers trained with --head_lr_multiplier: the classifier and painless attention's modules.
@@ -116,7 +122,12 @@ def compiled_metrics(info):
 
 def monitored_metric(info):
     """The validation metric ``best.keras`` is chosen on."""
-    return "val_map" if info.multi_label else "val_accuracy"
+    return validation_log("map" if info.multi_label else "accuracy")
+
+
+def plural(count, noun):
+    """``1 epoch``, ``2 epochs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -128,8 +139,9 @@ class _Run:
     strategy: tf.distribute.Strategy
     run_dir: RunDir
     chief: bool
-    action: str  # "new", "resume" or "move_aside"
-    start: tuple  # (epoch, step) the run starts at
+    action: str = "new"  # "new", "resume" or "move_aside"
+    refusal: RunExistsError = None  # why the run folder cannot take this run, raised after the inputs' checks
+    start: tuple = (0, 0)  # (epoch, step) the run starts at
     stream: object = None
     validation: tf.data.Dataset = None
     test: tf.data.Dataset = None
@@ -142,9 +154,9 @@ class _Run:
     model: ICASC = None
 
     @property
-    def own_dir(self):
-        """Where this worker writes: the run folder (chief) or a scratch folder."""
-        return self.run_dir.path if self.chief else self.run_dir.worker_dir(task_id(self.strategy))
+    def own(self):
+        """Where this worker writes: the run folder (chief) or a scratch run folder."""
+        return self.run_dir if self.chief else self.run_dir.worker(task_id(self.strategy))
 
 
 def _set_up_runtime(config):
@@ -158,15 +170,14 @@ def _set_up_runtime(config):
     return strategy
 
 
-def _open_run(config, strategy, lock):
-    """The run folder locked (chief) and checked; where the run starts is known once the
-    checkpoints are read (``_build_model``)."""
-    run_dir = RunDir(config.model_dir)
-    chief = is_chief(strategy)
-    if chief:
-        lock.acquire()
-    action = run_dir.check(config)
-    return _Run(config, strategy, run_dir, chief, action, (0, 0))
+def _read_run_folder(run):
+    """What the run folder holds, read before anything is written (every worker reads it as it is
+    now, so all of them reach the same answer); a refusal is kept and raised once the inputs are
+    known good, so that a wrong dataset or folder is not hidden behind it."""
+    try:
+        run.action = run.run_dir.check(run.config)
+    except RunExistsError as refusal:
+        run.refusal = refusal
 
 
 def _load_data(run):
@@ -200,8 +211,8 @@ def _data_identity(info):
     return {"dataset": info.tfds_name, "classes": names, "train_examples": int(info.num_examples)}
 
 
-def _build_model(run, header, lock):
-    """Build and compile the model; write the run's options (chief); restore a resumed run."""
+def _build_model(run):
+    """Build and compile the model (nothing is written: a bad option leaves no trace)."""
     config = run.config
     # Seeded again here: preparing a dataset (the first run on a data_dir) draws from the
     # global generators, and the initial weights must depend on the seed alone.
@@ -212,21 +223,32 @@ def _build_model(run, header, lock):
             learning_rate(config, run.steps), momentum=config.momentum, nesterov=config.nesterov
         )
         model.compile(optimizer, metrics=compiled_metrics(run.info), jit_compile=config.jit_compile)
-        # Nothing is written before the model builds, so a bad option leaves no trace.
-        if run.chief:
-            if run.action == "move_aside":
-                aside = run.run_dir.move_aside()
-                lock.acquire()  # the lock file went with the old folder: lock the new one
-                _log.warning("Moved the previous run in %s to %s.", run.run_dir.path, aside)
-            run.run_dir.write_options(config, header)
-        if run.action == "resume":
-            run.start = run.checkpoint.restore(model, steps_per_epoch=run.steps)
     run.model = model
+
+
+def _open_run(run, lock, header):
+    """The run folder, once the inputs are known good: refused with nothing in it touched, or
+    locked (chief), checked again under the lock, moved aside (--overwrite) and given the run's
+    options; a resumed run's checkpoint restored."""
+    if run.refusal is not None:
+        raise run.refusal
+    config = run.config
+    if run.chief:
+        lock.acquire()
+        run.action = run.run_dir.check(config)  # again under the lock: another run may have ended meanwhile
+        if run.action == "move_aside":
+            lock.release()  # its lock file goes, not into the folder moved aside
+            aside = run.run_dir.move_aside()
+            lock.acquire()
+            _log.warning("Moved the previous run in %s to %s.", run.run_dir.path, aside)
+        run.run_dir.write_options(config, header)
     if run.action == "resume":
+        with run.strategy.scope():
+            run.start = run.checkpoint.restore(run.model, steps_per_epoch=run.steps)
         epoch, step = run.start
         print(
             f"resuming {config.model_dir} at epoch {epoch + 1}, step {step} "
-            f"({epoch} of {config.epochs} epochs and {step} of {run.steps} steps done)",
+            f"({epoch} of {plural(config.epochs, 'epoch')} and {step} of {plural(run.steps, 'step')} done)",
             flush=True,
         )
     run.position.start(*run.start)
@@ -255,10 +277,47 @@ def _announce(run):
         f"model:  {config.arch}{' + ' + config.weights + ' weights' if config.weights else ''}, "
         f"{model.backbone.count_params() / 1e6:.2f} M parameters, {shape} input",
         f"method: {method}",
-        f"run:    {config.model_dir}: {config.epochs} epochs x {run.steps} steps of {config.batch_size} images; "
-        f"best.keras chosen on validation {monitored_metric(info)[4:]}",
+        f"run:    {config.model_dir}: {plural(config.epochs, 'epoch')} x {plural(run.steps, 'step')} of "
+        f"{plural(config.batch_size, 'image')}; best.keras chosen on validation {metric_of(monitored_metric(info))}",
     ]
+    if config.eval_steps:
+        counts = {which: _evaluated(run, which) for which in ("validation", "test")}
+        lines.append(
+            f"eval:   --eval_steps={config.eval_steps}: each evaluation on "
+            + ", ".join(f"{n} of {total} {which} images" for which, (n, total) in counts.items())
+        )
     print("\n".join(lines), flush=True)
+
+
+def _split_info(run, which):
+    return run.validation_info if which == "validation" else run.test_info
+
+
+def _steps(run, which):
+    """Keras's ``steps`` for an evaluation of the ``"validation"`` or ``"test"`` split (--eval_steps)."""
+    return evaluation_steps(_split_info(run, which), run.config.batch_size, run.config.eval_steps)
+
+
+def _evaluated(run, which):
+    """``(examples evaluated, examples in the split)`` of one evaluation of ``which`` split."""
+    info = _split_info(run, which)
+    return evaluated_examples(info, run.config.batch_size, _steps(run, which)), int(info.num_examples)
+
+
+def _progress(config):
+    """Keras's ``verbose`` for ``fit`` and our own progress callbacks: a progress bar only on a
+    terminal; redirected, one plain line per epoch (``EpochLine``) instead of its redraws."""
+    if config.verbose == 1 and not sys.stdout.isatty():
+        return 0, True
+    return config.verbose, False
+
+
+def _previous_best(run, monitor):
+    """The value best.keras was saved at (a resumed run keeps it), None before one or off the chief."""
+    try:
+        return float(run.run_dir.best_record()[monitor]) if run.chief else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _callbacks(run, callbacks):
@@ -266,14 +325,10 @@ def _callbacks(run, callbacks):
 
     Returns (all callbacks, the caller's wrapped ones, the per-fit stopper, what to close).
     """
-    config = run.config
-    position = run.position
-    log_dir = os.path.join(run.own_dir, "logs")
-    best_path = run.run_dir.model_path("best")
+    config, position, own = run.config, run.position, run.own
     monitor = monitored_metric(run.info)
-    best = previous_best(best_path, monitor) if run.chief else None
     callers = [OncePerRun(c) for c in callbacks]
-    summaries = TrainingSummaries(log_dir, config.summary_every, position)
+    summaries = TrainingSummaries(own.logs, config.summary_every, position)
     one_epoch = OneEpochPerFit()
     ordered = [
         position,  # first: the others read the step just trained
@@ -281,7 +336,8 @@ def _callbacks(run, callbacks):
         LearningRateLogger(),
         keras.callbacks.TerminateOnNaN(),
         run.checkpoint,
-        BestModel(best_path, monitor, write=run.chief, best=best),
+        BestModel(run.run_dir.model_path("best"), run.run_dir.best_record_path, monitor, write=run.chief,
+                  best=_previous_best(run, monitor)),
     ]
     if config.attention_warmup:
         ordered.append(AttentionWarmup(config.attention_warmup, run.steps, position=position))
@@ -289,12 +345,15 @@ def _callbacks(run, callbacks):
     if config.attention_images and run.chief:
         images, labels = _fixed_batch(run.validation, config.attention_images)
         attention_images = AttentionImages(
-            log_dir, images, labels, run.info.class_names, multi_label=run.info.multi_label,
+            own.logs, images, labels, run.info.class_names, multi_label=run.info.multi_label,
             every=config.attention_images_every, position=position,
         )
         ordered.append(attention_images)
         closers.append(attention_images)
-    ordered += [summaries, one_epoch]  # after those that add to the logs; last: stops the fit
+    ordered.append(summaries)  # after those that add to the logs
+    if _progress(config)[1] and run.chief:
+        ordered.append(EpochLine(config.epochs, position))
+    ordered.append(one_epoch)  # last: stops the fit
     return ordered, callers, one_epoch, closers
 
 
@@ -321,9 +380,9 @@ def _fit_epochs(run, ordered, one_epoch, history, start_epoch, start_step):
             initial_epoch=epoch,
             steps_per_epoch=steps - skip,
             validation_data=run.validation,
-            validation_steps=config.eval_steps or None,
+            validation_steps=_steps(run, "validation"),
             callbacks=ordered,
-            verbose=config.verbose,
+            verbose=_progress(config)[0],
             shuffle=False,  # the pipeline shuffles
         )
         for key, values in fit.history.items():
@@ -339,13 +398,12 @@ def _fit_epochs(run, ordered, one_epoch, history, start_epoch, start_step):
 
 def _test_results(run, final_results):
     """final.keras and best.keras on the test split, looked at only now."""
-    config = run.config
-    test, steps = run.test, config.eval_steps or None
+    test, steps = run.test, _steps(run, "test")
     results = {"final": final_results(test, steps)}
     best_path = run.run_dir.model_path("best")
     # Under several workers every one must evaluate the same models in step; best.keras is the
     # chief's and may not be in place for all of them: evaluate it with scripts/evaluate.py.
-    if os.path.exists(best_path) and config.strategy != "multi_worker":
+    if os.path.exists(best_path) and not multi_worker(run.strategy):
         with run.strategy.scope():
             best = keras.models.load_model(best_path)
         results["best"] = {
@@ -356,23 +414,24 @@ def _test_results(run, final_results):
 
 def _finish(run, history, train_seconds):
     """Evaluate the final model on validation and both models on test, save final.keras, and
-    write metrics.json (which marks the run done), every number under the split it is from."""
-    config, model = run.config, run.model
-    steps = config.eval_steps or None
+    write metrics.json (which marks the run done), every number under the split it is from and
+    the examples it was computed on (``examples`` of ``split_examples``: fewer under --eval_steps)."""
+    model = run.model
 
     def final_results(dataset, steps):
         return {k: float(v) for k, v in model.evaluate(dataset, steps=steps, verbose=0, return_dict=True).items()}
 
-    validation = final_results(run.validation, steps)
+    validation = final_results(run.validation, _steps(run, "validation"))
     monitor = monitored_metric(run.info)
-    best_record = previous_best_record(run.run_dir.model_path("best"))
-    atomic_save_model(model, os.path.join(run.own_dir, "final.keras"))
+    atomic_save_model(model, run.own.model_path("final"))
     epoch, step = run.start
     splits = run.stream.splits.describe()
+    counted = {which: dict(zip(("examples", "split_examples"), _evaluated(run, which))) for which in splits}
     summary = {
         "splits": splits,
-        "validation": {"split": splits["validation"], "final": validation, "best": best_record},
-        "test": {"split": splits["test"], **_test_results(run, final_results)},
+        "validation": {"split": splits["validation"], **counted["validation"], "final": validation,
+                       "best": run.run_dir.best_record()},
+        "test": {"split": splits["test"], **counted["test"], **_test_results(run, final_results)},
         "selected_on": monitor,
         "history": {k: [float(x) for x in v] for k, v in history.items()},
         "epochs_run": len(history.get("loss", [])),
@@ -402,26 +461,30 @@ def run_training(config: TrainConfig, callbacks=(), header=()):
     still see one ``on_train_begin`` and one ``on_train_end`` per run (``OncePerRun``), so
     Keras's EarlyStopping and ReduceLROnPlateau keep their state across epochs.
 
-    Faults: the run folder is locked for the run (``RunLockedError`` for a second one);
-    SIGTERM/SIGINT write a step checkpoint and raise ``RunInterrupted``; a damaged newest
+    Faults: the run folder is locked for the run (``RunLockedError`` for a second one) and
+    checked only after the options, the data and the network (a refused run touches nothing in
+    it); SIGTERM/SIGINT write a step checkpoint and raise ``RunInterrupted``; a damaged newest
     checkpoint is set aside for the one before it; a diverged epoch writes no best.keras and
     raises ValueError; a failed checkpoint write raises ``CheckpointError`` with the previous
     checkpoint intact.
     """
     config.validate()
     strategy = _set_up_runtime(config)
-    lock = RunLock(RunDir(config.model_dir))
+    run = _Run(config, strategy, RunDir(config.model_dir), is_chief(strategy))
+    _read_run_folder(run)
+    lock = RunLock(run.run_dir)
     try:
-        run = _open_run(config, strategy, lock)
-        _load_data(run)
-        _build_model(run, header, lock)
+        _load_data(run)  # the inputs first: a wrong dataset or folder is reported before the run folder
+        _build_model(run)
+        _open_run(run, lock, header)
         _announce(run)
         ordered, callers, one_epoch, closers = _callbacks(run, callbacks)
         stopper = StopOnSignal(run.checkpoint, run.position)
         ordered.insert(len(ordered) - 1, stopper)  # after the checkpoint and TensorBoard, before the per-fit stop
         started = time.time()
         try:
-            with stopper if config.strategy != "multi_worker" else contextlib.nullcontext():
+            # Under several workers a signal stops the worker: they would stop at different steps.
+            with contextlib.nullcontext() if multi_worker(strategy) else stopper:
                 history = _train_epochs(run, ordered, callers, one_epoch)
         finally:
             for closer in closers:

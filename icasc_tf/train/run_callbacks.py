@@ -1,6 +1,7 @@
-"""The callbacks of a training run (``icasc_tf.train.run``): where the run is, its
-checkpoints, its best model, the learning rate in the logs, its TensorBoard scalars, and the
-two wrappers that let a run call ``fit`` once per epoch.
+"""The callbacks of a training run (``icasc_tf.train.run``): where the run is, a clean stop on
+a signal, its best model, the learning rate in the logs, its TensorBoard scalars, one plain
+line per epoch, and the two wrappers that let a run call ``fit`` once per epoch. The checkpoints
+are ``icasc_tf.train.checkpoint``'s.
 
 Callbacks for your own ``model.fit`` (attention images, warm-up) are in ``icasc_tf.fit_callbacks``.
 
@@ -24,24 +25,29 @@ epoch), as for the attention images. Not written (Keras's callback did): the mod
 and ``evaluation_*_vs_iterations``.
 """
 
-import glob
-import json
-import logging
 import os
-import re
-import shutil
 import signal
 import threading
 import time
 
-import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 
-from icasc_tf.train.files import atomic_save_model, atomic_write_json, fsync_tree
+from icasc_tf.train.files import atomic_save_model, atomic_write_json
 
-_log = logging.getLogger(__name__)
+# Keras's prefix of the validation logs (``val_loss``): ``fit`` names them so.
+VALIDATION_PREFIX = "val_"
+
+
+def validation_log(name):
+    """The log of metric ``name`` on the validation data (``accuracy`` -> ``val_accuracy``)."""
+    return VALIDATION_PREFIX + name
+
+
+def metric_of(log):
+    """The metric a log is of, without the validation prefix (``val_accuracy`` -> ``accuracy``)."""
+    return log[len(VALIDATION_PREFIX):] if log.startswith(VALIDATION_PREFIX) else log
 
 
 def scalar_logs(logs):
@@ -98,200 +104,6 @@ class RunPosition(keras.callbacks.Callback):
         self.step = self._offset + batch + 1
 
 
-_CHECKPOINT = re.compile(r"^epoch-(\d{4,})(?:-step-(\d+))?$")
-
-
-class CheckpointError(RuntimeError):
-    """No checkpoint could be read, or one could not be written; the message says what to do."""
-
-
-class _Mismatch(ValueError):
-    """A readable checkpoint written with other settings: not damage, so never set aside."""
-
-
-def _read_checkpoint(path):
-    """A checkpoint's files read in full: ``(epoch.json, weights file, optimizer arrays)``; any
-    exception means the checkpoint is damaged. The weights file is read dataset by dataset."""
-    with open(os.path.join(path, "epoch.json"), encoding="utf-8") as f:
-        saved = json.load(f)
-    int(saved["epochs_done"])
-    weights = os.path.join(path, "state.weights.h5")
-    with h5py.File(weights, "r") as h5:
-        h5.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
-    with np.load(os.path.join(path, "optimizer.npz")) as store:
-        optimizer = {key: np.asarray(store[key]) for key in store.files}
-    return saved, weights, optimizer
-
-
-class ResumableCheckpoint(keras.callbacks.Callback):
-    """Weights + optimizer state + position, saved at each epoch end (and every N steps), atomically.
-
-    A checkpoint is a folder, ``epoch-NNNN`` after NNNN complete epochs or
-    ``epoch-NNNN-step-SSSSSSSS`` after NNNN epochs and SSSSSSSS steps of the next one, written
-    under a temporary name, flushed to disk and renamed when complete, so a run killed at any
-    instant finds the last complete one. Once a new one is in place, all but the newest
-    ``keep`` are deleted. ``every`` > 0 adds the step checkpoints (it needs ``position``, the
-    run's ``RunPosition``). An epoch cut short (a NaN loss, a callback that stops training) and
-    a non-finite loss are not checkpointed: resuming would start from them.
-
-    ``restore`` loads the newest checkpoint that reads; a damaged one (a disk error, a copy cut
-    short) is named in a warning and set aside as ``<name>.unreadable-<time>``, never deleted,
-    and the next older one is used. A write that fails (a full disk) leaves the previous
-    checkpoints as they were and raises ``CheckpointError`` saying so.
-    """
-
-    def __init__(self, directory, keep=2, write=True, every=0, position=None, data=None):
-        super().__init__()
-        if every and position is None:
-            raise ValueError("ResumableCheckpoint(every=N) needs the run's RunPosition.")
-        self.directory = directory
-        self.data = data  # what identifies the training data (checked on restore), or None
-        self.keep = keep
-        self.write = write  # False on non-chief workers: they take part but do not write
-        self.every = int(every)
-        self.position = position
-
-    def checkpoints(self):
-        """Complete checkpoints, oldest first, as ((epochs_done, step), path)."""
-        found = []
-        for path in glob.glob(os.path.join(self.directory, "epoch-*")):
-            match = _CHECKPOINT.match(os.path.basename(path))
-            if match and os.path.isdir(path):
-                found.append(((int(match.group(1)), int(match.group(2) or 0)), path))
-        return sorted(found)
-
-    def latest(self):
-        done = self.checkpoints()
-        return done[-1][1] if done else None
-
-    def saved_position(self):
-        """The newest checkpoint's position as written, ``(0, 0)`` if none (``restore`` falls
-        back to an older one when it cannot be read)."""
-        latest = self.latest()
-        if latest is None:
-            return 0, 0
-        with open(os.path.join(latest, "epoch.json"), encoding="utf-8") as f:
-            saved = json.load(f)
-        return int(saved.get("epochs_done", 0)), int(saved.get("step", 0))
-
-    def restore(self, model, steps_per_epoch=None):
-        """Load the newest readable checkpoint into ``model``; return its position
-        ``(epochs done, steps done in the next epoch)``, ``(0, 0)`` when there is none.
-
-        A checkpoint is damaged when its files cannot be read in full (they are read before
-        anything is assigned); it is then set aside and the next older one tried. A readable
-        checkpoint that does not fit this run (other steps per epoch, other training data,
-        another optimizer or network) is an error, never set aside.
-        """
-        unreadable = []
-        for _, path in reversed(self.checkpoints()):
-            try:
-                saved, weights, optimizer = _read_checkpoint(path)
-            except Exception as error:  # h5py, NumPy, zipfile and json each raise their own
-                reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
-                aside = self._set_aside(path) if self.write else None
-                _log.warning(
-                    "Checkpoint %s cannot be read (%s)%s; trying the one before it.",
-                    path, reason, f"; set aside as {aside}" if aside else "",
-                )
-                unreadable.append(f"{os.path.basename(path)} ({reason})")
-                continue
-            return self._apply(path, saved, weights, optimizer, model, steps_per_epoch)
-        if unreadable:
-            raise CheckpointError(
-                f"No checkpoint in {self.directory} can be read: {'; '.join(unreadable)}. They were set aside "
-                "(renamed *.unreadable-*), not deleted. Restore them from a copy, or start again with --overwrite."
-            )
-        return 0, 0
-
-    def _apply(self, path, saved, weights, optimizer, model, steps_per_epoch):
-        position = int(saved["epochs_done"]), int(saved.get("step", 0))
-        if position[1] and saved.get("steps_per_epoch") not in (None, steps_per_epoch):
-            raise _Mismatch(
-                f"{path} was written mid-epoch with {saved['steps_per_epoch']} steps per epoch; this run has "
-                f"{steps_per_epoch} (the training split changed?). Use another --model_dir, or --overwrite."
-            )
-        written_on = saved.get("data")
-        if written_on is not None and self.data is not None and written_on != self.data:
-            changed = sorted(k for k in self.data if written_on.get(k) != self.data[k])
-            raise _Mismatch(
-                f"{path} was written on other training data ({', '.join(changed)} changed: the folder or the "
-                "dataset options are not the run's). Resume with the run's data, or use another --model_dir."
-            )
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        if model.optimizer is not None and len(optimizer) != len(model.optimizer.variables):
-            raise _Mismatch(
-                f"{path} holds {len(optimizer)} optimizer variables, the optimizer has "
-                f"{len(model.optimizer.variables)}: it was written with other optimizer settings."
-            )
-        try:
-            model.load_weights(weights)
-        except ValueError as error:
-            raise _Mismatch(f"{path} does not fit this run's network: {error}") from None
-        if model.optimizer is not None:
-            # Keras 3 weight files hold no optimizer state: momentum and the step (and so
-            # the learning-rate schedule's position) come from here.
-            model.optimizer.load_own_variables(optimizer)
-        return position
-
-    @staticmethod
-    def _set_aside(path):
-        aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(path, aside)
-        return aside
-
-    def on_train_batch_end(self, batch, logs=None):
-        position = self.position
-        if not (self.write and self.every) or position.epoch_complete or position.step % self.every:
-            return  # the epoch checkpoint follows the epoch's last step
-        if _finite_loss(logs):
-            self.save(position.epoch, position.step, logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        complete = self.position is None or self.position.epoch_complete
-        if self.write and complete and _finite_loss(logs):
-            self.save(epoch + 1, 0, logs)
-
-    def save(self, epochs_done, step, logs=None):
-        """Write the checkpoint of this position; returns its path."""
-        os.makedirs(self.directory, exist_ok=True)
-        name = f"epoch-{epochs_done:04d}" + (f"-step-{step:08d}" if step else "")
-        final = os.path.join(self.directory, name)
-        tmp = f"{final}.tmp-{os.getpid()}"
-        for stale in glob.glob(os.path.join(self.directory, "*.tmp-*")):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run (the run folder is locked)
-        try:
-            os.makedirs(tmp)
-            self.model.save_weights(os.path.join(tmp, "state.weights.h5"))
-            store = {}
-            self.model.optimizer.save_own_variables(store)
-            np.savez(os.path.join(tmp, "optimizer.npz"), **store)
-            position = {"epochs_done": epochs_done, "step": step}
-            if self.position is not None:
-                position["steps_per_epoch"] = self.position.steps_per_epoch
-            if self.data is not None:
-                position["data"] = self.data
-            with open(os.path.join(tmp, "epoch.json"), "w", encoding="utf-8") as f:
-                json.dump({**position, "logs": scalar_logs(logs)}, f)
-            fsync_tree(tmp)
-        except OSError as error:
-            shutil.rmtree(tmp, ignore_errors=True)
-            previous = self.latest()
-            raise CheckpointError(
-                f"Could not write checkpoint {name} in {self.directory} ({type(error).__name__}: "
-                f"{' '.join(str(error).split())}); "
-                + (f"the previous checkpoint {os.path.basename(previous)} is intact. " if previous else "")
-                + "Free disk space, then start the same command again to resume."
-            ) from error
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        fsync_tree(self.directory, files=False)
-        for _, old in self.checkpoints()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
-
-
 class RunInterrupted(Exception):
     """A signal stopped the run after a checkpoint; ``str()`` says where and how to resume."""
 
@@ -341,7 +153,7 @@ class StopOnSignal(keras.callbacks.Callback):
         if self.received is None or position.epoch_complete:
             return  # at the epoch's end the epoch checkpoint comes first (on_epoch_end)
         saved = None
-        if self.checkpoint.write and _finite_loss(logs):
+        if self.checkpoint.write and finite_loss(logs):
             saved = self.checkpoint.save(position.epoch, position.step, logs)
         raise RunInterrupted(self.received, position.epoch, position.step, saved)
 
@@ -351,12 +163,13 @@ class StopOnSignal(keras.callbacks.Callback):
 
 
 class BestModel(keras.callbacks.Callback):
-    """Save the whole model (``.keras``) whenever ``monitor`` improves, atomically; never from an
-    epoch whose loss or monitored value is not finite (a diverged epoch)."""
+    """Save the whole model (``.keras``) at ``path`` whenever ``monitor`` improves, atomically, and
+    ``{"epoch", <monitor>: value}`` at ``record_path``; never from an epoch whose loss or monitored
+    value is not finite (a diverged epoch)."""
 
-    def __init__(self, path, monitor, mode="max", write=True, best=None):
+    def __init__(self, path, record_path, monitor, mode="max", write=True, best=None):
         super().__init__()
-        self.path, self.monitor, self.mode, self.write = path, monitor, mode, write
+        self.path, self.record_path, self.monitor, self.mode, self.write = path, record_path, monitor, mode, write
         self.best = best
 
     def on_epoch_end(self, epoch, logs=None):
@@ -364,14 +177,14 @@ class BestModel(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         if value is None or not self.write:
             return
-        if not all(np.all(np.isfinite(logs[k])) for k in (self.monitor, "loss", "val_loss") if k in logs):
+        if not all(np.all(np.isfinite(logs[k])) for k in (self.monitor, "loss", validation_log("loss")) if k in logs):
             return
         value = float(value)
         better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         if better:
             self.best = value
             atomic_save_model(self.model, self.path)
-            atomic_write_json(self.path + ".json", {"epoch": epoch + 1, self.monitor: value})
+            atomic_write_json(self.record_path, {"epoch": epoch + 1, self.monitor: value})
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -434,8 +247,8 @@ class TrainingSummaries(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         values = scalar_logs(logs)
-        train = {k: v for k, v in values.items() if not k.startswith("val_")}
-        validation = {k[len("val_"):]: v for k, v in values.items() if k.startswith("val_")}
+        train = {k: v for k, v in values.items() if not k.startswith(VALIDATION_PREFIX)}
+        validation = {metric_of(k): v for k, v in values.items() if k.startswith(VALIDATION_PREFIX)}
         self._scalars("train", "epoch_", train, epoch + 1)
         self._scalars("validation", "epoch_", validation, epoch + 1)
         self.flush()
@@ -451,6 +264,26 @@ class TrainingSummaries(keras.callbacks.Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One plain line per epoch on stdout, for output that is not a terminal (a file, a pipe):
+    Keras's progress bar there is a stream of redraws and ANSI codes, and its ``verbose=2`` takes
+    two lines. ``Epoch 3/6 - 156/156 steps - 31s - loss: 0.8123 - ... - val_accuracy: 0.7120``."""
+
+    def __init__(self, epochs, position):
+        super().__init__()
+        self.epochs, self.position = epochs, position
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        steps = f"{self.position.step}/{self.position.steps_per_epoch} steps"
+        values = " - ".join(f"{name}: {value:.4f}" for name, value in scalar_logs(logs).items())
+        seconds = time.time() - self._started
+        print(f"Epoch {epoch + 1}/{self.epochs} - {steps} - {seconds:.0f}s - {values}", flush=True)
 
 
 class OncePerRun(keras.callbacks.Callback):
@@ -500,22 +333,6 @@ class OneEpochPerFit(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
-def previous_best_record(path):
-    """What ``BestModel`` recorded beside ``path``: ``{"epoch", <monitor>: value}``, or ``{}``."""
-    try:
-        with open(path + ".json", encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def previous_best(path, monitor):
-    try:
-        return float(previous_best_record(path)[monitor])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _finite_loss(logs):
+def finite_loss(logs):
     loss = (logs or {}).get("loss")
     return loss is None or bool(np.all(np.isfinite(loss)))

@@ -1,10 +1,15 @@
-"""A training run's folder (``--model_dir``): the one place that knows what is in it.
+"""A training run's folder (``--model_dir``): the one place that names what is in it.
 
     config.json, flags.txt   the resolved options (``--flagfile=flags.txt`` repeats the run)
-    checkpoints/             weights + optimizer state + position (``ResumableCheckpoint``)
+    checkpoints/             weights + optimizer state + position (``icasc_tf.train.checkpoint``
+                             names what is inside)
     best.keras, final.keras  the best model on the validation split, the last one
+    best.keras.json          the epoch and validation value best.keras was saved at
     logs/                    TensorBoard: scalars (train/validation), attention images
     metrics.json             final evaluation and the history; its presence marks the run done
+    eval_<split>.json        evaluate.py's (and the study's) results, the KS chart beside them
+    .lock                    held by the process training in the folder; removed when it ends
+    .workers/worker-N/       a non-chief worker's scratch run folder (multi-worker)
 
 The training run, the evaluation and figure commands and the study all read a run through
 ``RunDir``.
@@ -81,9 +86,24 @@ class RunDir:
             raise ValueError(f"Unknown model {which!r}: choose one of {', '.join(MODELS)}.")
         return self.file(f"{which}.keras")
 
-    def worker_dir(self, task):
-        """Where a non-chief worker writes its (unused) files, as TensorFlow advises."""
-        return os.path.join(self.path, ".workers", f"worker-{task}")
+    @property
+    def best_record_path(self):
+        """Where ``BestModel`` records the epoch and value best.keras was saved at."""
+        return self.model_path("best") + ".json"
+
+    def evaluation_path(self, split):
+        """The results of an evaluation of the run on ``split`` (evaluate.py's default output)."""
+        return self.file(f"eval_{split}.json")
+
+    @staticmethod
+    def chart_beside(results_path):
+        """The KS chart written beside an evaluation's results file (``<stem>_ks.png``)."""
+        return os.path.splitext(results_path)[0] + "_ks.png"
+
+    def worker(self, task):
+        """The scratch run folder a non-chief worker writes its (unused) files into, as TensorFlow
+        advises."""
+        return RunDir(os.path.join(self.path, ".workers", f"worker-{task}"))
 
     # ------------------------------------------------------------------ state
     @property
@@ -123,6 +143,14 @@ class RunDir:
     def metrics(self):
         with open(self.metrics_path, encoding="utf-8") as f:
             return json.load(f)
+
+    def best_record(self):
+        """``{"epoch", <monitor>: value}`` of best.keras, or ``{}`` before one is saved."""
+        try:
+            with open(self.best_record_path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
 
     # ------------------------------------------------------------------ starting a run
     def check(self, config):
@@ -170,9 +198,11 @@ class RunDir:
 
 class RunLock:
     """One run per folder: an OS lock (``flock``) on ``<model_dir>/.lock``, taken before anything
-    else is written and released by the OS when the process ends, however it ends (so a
-    SIGKILLed run leaves no stale lock). The file names the holder (host, pid, start time) for
-    the error a second run gets."""
+    else is written, released by the OS when the process ends however it ends (so a SIGKILLed
+    run leaves no stale lock, only a file naming a process that is gone). The file names the
+    holder (host, pid, start time) for the error a second run gets; the holder removes it when it
+    releases the lock, so a finished run leaves none. A process that finds the file gone or
+    replaced after it locked it (the holder removed it meanwhile) locks the new one."""
 
     def __init__(self, run_dir):
         self.run_dir = run_dir
@@ -186,27 +216,45 @@ class RunLock:
         if not os.path.isdir(path):
             os.makedirs(path, exist_ok=True)  # another start may make it first: the lock decides
             self.created = True
-        descriptor = os.open(self.run_dir.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(descriptor, 512).decode("utf-8", "replace").strip() or "another process"
-            os.close(descriptor)
-            raise RunLockedError(
-                f"{path} is in use by another run ({holder}); nothing in it was touched. Wait for that run to "
-                "end (or stop it), or use another --model_dir."
-            ) from None
+        while True:
+            descriptor = os.open(self.run_dir.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(descriptor, 512).decode("utf-8", "replace").strip() or "another process"
+                os.close(descriptor)
+                raise RunLockedError(
+                    f"{path} is in use by another run ({holder}); nothing in it was touched. Wait for that run "
+                    "to end (or stop it), or use another --model_dir."
+                ) from None
+            if self._is_lock_file(descriptor):
+                break
+            os.close(descriptor)  # its holder removed it as it ended: lock the one there now
         os.ftruncate(descriptor, 0)
         holder = f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.write(descriptor, holder.encode("utf-8"))
         os.fsync(descriptor)
         self._descriptor = descriptor
 
+    def _is_lock_file(self, descriptor):
+        """Whether ``descriptor`` is the file at the lock's path (not one removed from it)."""
+        try:
+            there = os.stat(self.run_dir.lock_path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(descriptor)
+        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
     def release(self):
-        if self._descriptor is not None:
-            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
-            os.close(self._descriptor)
-            self._descriptor = None
+        """Remove the lock file (still holding the lock, so no other run locked it meanwhile), then
+        unlock it. A no-op when not held."""
+        if self._descriptor is None:
+            return
+        if self._is_lock_file(self._descriptor):
+            os.remove(self.run_dir.lock_path)
+        fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+        os.close(self._descriptor)
+        self._descriptor = None
 
     def discard_if_unused(self):
         """After a run that failed before writing anything: remove the folder the lock made (while

@@ -134,6 +134,20 @@ def evaluation_split(config, which, splits=None):
     return _shard_by_data(dataset), info
 
 
+def evaluation_steps(info, batch_size, eval_steps):
+    """Keras's ``steps`` for an evaluation of a split under --eval_steps: None (every batch) when it
+    allows as many batches as the split has, or more (Keras would warn that the data ran out)."""
+    batches = -(-int(info.num_examples) // int(batch_size))
+    return int(eval_steps) if eval_steps and eval_steps < batches else None
+
+
+def evaluated_examples(info, batch_size, steps):
+    """How many examples of a split an evaluation of ``steps`` batches covers (0: every batch).
+    Exact: an evaluation pipeline's batches are all full but the last (``evaluation_split``)."""
+    total = int(info.num_examples)
+    return min(int(steps) * int(batch_size), total) if steps else total
+
+
 def load_data(config, num_replicas, replay=True):
     """The training stream, the validation pipeline and their infos."""
     if config.batch_size % num_replicas:
