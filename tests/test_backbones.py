@@ -327,14 +327,43 @@ def test_weight_file_errors(tmp_path):
         load_pretrained_weights(model, tmp_path / "wrn.h5")
 
 
-def test_icasc_saved_weights_load_into_a_bare_backbone(tmp_path):
+def _convnet(convs, classes):
+    """``convs`` same-shaped 3x3 convolutions and a head: each one's file fits the others' layers."""
+    x = inputs = keras.Input((8, 8, 3))
+    for i in range(convs):
+        x = keras.layers.Conv2D(4, 3, padding="same", name=f"conv{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(x), name=f"convnet{convs}")
+
+
+def test_a_keras3_file_of_a_deeper_net_is_refused_though_every_layer_fits(tmp_path):
+    """Keras's strict load_weights reads only the entries the model asks for: a file with one
+    layer more (same shapes) would load silently. The file must hold the model's whole tree."""
+    _convnet(3, 5).save_weights(tmp_path / "deeper.weights.h5")
+    shallow = _convnet(2, 5)
+    before = [w.numpy() for w in shallow.weights]
+    with pytest.raises(ValueError, match="different architecture"):
+        load_pretrained_weights(shallow, tmp_path / "deeper.weights.h5")
+    for a, w in zip(before, shallow.weights):  # nothing was loaded
+        np.testing.assert_array_equal(a, w.numpy())
+    _convnet(2, 5).save_weights(tmp_path / "same.weights.h5")
+    report = load_pretrained_weights(_convnet(2, 3), tmp_path / "same.weights.h5")
+    assert report == {"loaded": ["conv0", "conv1"], "skipped": ["logits"], "missing": [], "unused": []}
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_icasc_saved_weights_load_into_a_bare_backbone(tmp_path, suffix):
     source = build_backbone("wrn", 4, depth=10, width=1)
     _trained_like(source)
-    ICASC(source.model, **source.icasc_layers()).save_weights(tmp_path / "icasc.weights.h5")
+    wrapper, path = ICASC(source.model, **source.icasc_layers()), tmp_path / f"icasc{suffix}"
+    wrapper.save_weights(path) if suffix == ".weights.h5" else wrapper.save(path)
     target = build_backbone("wrn", 4, depth=10, width=1).model
-    report = load_pretrained_weights(target, tmp_path / "icasc.weights.h5")
+    report = load_pretrained_weights(target, path)
     assert report["skipped"] == [] and "logits" in report["loaded"]
     _assert_same_weights(source.model, target)
+    other_head = build_backbone("wrn", 6, depth=10, width=1).model
+    assert load_pretrained_weights(other_head, path)["skipped"] == ["logits"]
+    _assert_same_weights(source.model, other_head, skip=("logits",))
 
 
 # --- weights="imagenet": keras.applications' files through the Keras cache, offline ------
