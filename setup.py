@@ -1,5 +1,12 @@
 """icasc_tf: attention separability and consistency (ICASC) and painless attention (WRNA) for Keras 3."""
+import os
+import runpy
+
 from setuptools import find_packages, setup
+
+# The tested Keras versions, from the package's one list of them: run as a plain file, since
+# importing icasc_tf needs Keras, which is not installed yet when pip runs this.
+_VERSIONS = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "icasc_tf", "tested_versions.py"))
 
 # TensorFlow is an extra so that a CPU machine never pulls the CUDA wheels:
 #   pip install -e .[cpu]   -> tensorflow-cpu
@@ -28,7 +35,7 @@ setup(
     },
     python_requires=">=3.10",
     install_requires=[
-        "keras>=3.12,<3.16",  # the suite passed on 3.12.4, 3.13.2, 3.14.1 and 3.15.1
+        _VERSIONS["keras_requirement"](),  # the suite passed on each of TESTED_KERAS
         "tensorflow-datasets==4.9.10",
         "importlib_resources==7.1.0",  # TFDS 4.9.10 imports it while preparing any dataset
         "tensorboard>=2.21,<2.22",

@@ -11,7 +11,11 @@ import warnings
 import keras
 import tensorflow as tf
 
-TESTED_KERAS = ("3.12", "3.13", "3.14", "3.15")  # major.minor versions the suite passed on
+from icasc_tf.tested_versions import keras_minor_versions
+
+# --- backbones/ and packaging: the tested Keras versions ---------------------------------------
+TESTED_KERAS = keras_minor_versions()  # major.minor versions the suite passed on (tested_versions.py)
+# --- end of the backbones/packaging block ------------------------------------------------------
 LABEL_ERROR = "icasc_tf labels:"  # prefix of the in-graph label checks' messages
 
 

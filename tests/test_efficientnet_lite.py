@@ -11,7 +11,6 @@ import pathlib
 import pickle
 
 import h5py
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,21 +25,10 @@ from icasc_tf.backbones import (
     torch_pickle,
 )
 from icasc_tf.backbones.imagenet_classes import imagenet_class_names
+from tests.backbone_harness import feature_maps, images
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 VARIANTS = tuple(efficientnet_lite.VARIANTS)
-
-
-@pytest.fixture(autouse=True)
-def _seeded():
-    keras.utils.set_random_seed(0)
-
-
-@pytest.fixture
-def keras_home(tmp_path, monkeypatch):
-    """An empty Keras cache, so conversion and caching run as on a new machine."""
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    return tmp_path / "keras"
 
 
 def _photo_batch(size):
@@ -111,9 +99,7 @@ def test_lite0_layers_strides_and_pooling_at_96_pixels():
     assert (backbone.inner_layer, backbone.last_layer) == ("block10_add", "head_relu")
     assert backbone.stage_layers == ("block2_add", "block4_add", "block10_add", "head_relu")
     model = backbone.model
-    tap = keras.Model(model.input, [model.get_layer(n).output for n in backbone.stage_layers] + [model.output])
-    x = np.random.default_rng(0).uniform(0, 1, (2, 96, 96, 3)).astype("float32")
-    *maps, logits = tap(x, training=False)
+    maps, logits = feature_maps(backbone, images(batch=2, size=96))
     assert [tuple(m.shape[1:]) for m in maps] == [(24, 24, 24), (12, 12, 40), (6, 6, 112), (3, 3, 1280)]
     assert float(np.min(maps[-1])) >= 0.0 and float(np.max(maps[-1])) <= 6.0  # ReLU6
     kernel, bias = model.get_layer("logits").get_weights()
@@ -129,6 +115,8 @@ def test_too_small_input_names_the_minimum():
 
 
 def test_conversion_is_cached_atomically_and_reused(keras_home, monkeypatch):
+    """An empty Keras cache: conversion and caching run as on a new machine."""
+    keras_home, _ = keras_home
     path = lite_weights.imagenet_weights_path("efficientnet_lite0")
     assert pathlib.Path(path).parent == keras_home / "models"
     assert [p.name for p in (keras_home / "models").iterdir()] == [os.path.basename(path)]  # no temp left

