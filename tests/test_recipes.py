@@ -43,7 +43,7 @@ def test_dataset_and_arch_take_the_matching_flagfile_without_weights():
     assert resolution.warnings == [
         "warning: the paper fine-tunes ImageNet-pretrained weights on caltech256; without --weights this "
         "run trains vgg19 from scratch, and its numbers are not comparable with the paper's "
-        "(--weights=imagenet fine-tunes keras.applications' ImageNet weights)."
+        "(--weights=imagenet fine-tunes its ImageNet weights: keras.applications' files, through the Keras cache)."
     ]
 
 

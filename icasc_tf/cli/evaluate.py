@@ -16,6 +16,7 @@ import os
 
 from absl import flags
 
+from icasc_tf.attention import ATTENTIONS
 from icasc_tf.cli import command
 from icasc_tf.data import load_dataset
 from icasc_tf.data.registry import get_spec
@@ -36,7 +37,7 @@ flags.DEFINE_integer("batch_size", None, "Batch size; default the run's, else 64
 flags.DEFINE_integer("image_size", None, "Input size in pixels; default the run's (0 = dataset default).")
 flags.DEFINE_list("dataset_config", None, "Dataset builder options key=value; default the run's.")
 flags.DEFINE_string(
-    "attention", None, "Map for localization/faithfulness: ach, gradcam, apx, gradcampp; default the model's."
+    "attention", None, f"Map for localization/faithfulness: {', '.join(ATTENTIONS)}; default the model's."
 )
 flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (the output says on how many of the "
                      "split's images).")

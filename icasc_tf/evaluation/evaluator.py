@@ -14,6 +14,7 @@ from icasc_tf.evaluation.attention_metrics import (
 )
 from icasc_tf.evaluation.ks_chart import ks_chart
 from icasc_tf.evaluation.statistics import ks_statistic, multilabel_scores
+from icasc_tf.explain import LAYER_ROLES
 from icasc_tf.method import ATTENTION_TERMS, ZERO_MAP_TERMS
 from icasc_tf.model import ICASC
 from icasc_tf.selection import confusing_class
@@ -146,7 +147,7 @@ class _Pass:
         if with_boxes:
             boxes = np.asarray(boxes, dtype=np.float32)
             size = images.shape[1:3]
-            for layer in ("last", "inner"):
+            for layer in LAYER_ROLES:
                 ground_truth_maps = maps[layer][:, 1]
                 hits, _ = pointing_game(ground_truth_maps, boxes, size)
                 shares, _ = energy_in_box(ground_truth_maps, boxes, size)
@@ -227,8 +228,8 @@ def evaluate_model(model, dataset, info, *, attention=None, max_batches=None, ks
       model: an ``ICASC`` model.
       dataset: yields ``(images, labels)`` or ``(images, labels, boxes)`` batches.
       info: the dataset's ``DatasetInfo`` (name, num_classes, class_names, multi_label).
-      attention: map for localization and faithfulness ("ach", "gradcam", "apx",
-        "gradcampp"); default the model's. The separation terms always use the model's own.
+      attention: map for localization and faithfulness (a name of
+        ``icasc_tf.attention.ATTENTIONS``); default the model's. The separation terms always use the model's own.
       max_batches: stop after this many batches.
       ks_chart_path: where to write the KS chart PNG.
     """

@@ -16,7 +16,7 @@ import textwrap
 from absl import flags
 
 from icasc_tf.attention import TRAINABLE_ATTENTIONS
-from icasc_tf.backbones import BACKBONES, IMAGENET_BACKBONES, check_weights
+from icasc_tf.backbones import BACKBONES, check_weights, imagenet_weights_help
 from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
 from icasc_tf.data.registry import AUGMENTATIONS, SPECS
 from icasc_tf.method import check_hyperparameters
@@ -119,8 +119,8 @@ class TrainConfig:
     arch: str = _model("resnet20", "Backbone: " + ", ".join(BACKBONES) + ".", backbone_option=True)
     arch_options: list = _model([], "Backbone options as key=value, e.g. depth=16,width=4 for wrn.",
                                 backbone_option=True)
-    weights: str = _model("", f"Pretrained backbone weights: 'imagenet' ({', '.join(IMAGENET_BACKBONES)}; README, "
-                          "Pretrained weights, says where each comes from) or a local .keras/.weights.h5/.h5 file.",
+    weights: str = _model("", f"Pretrained backbone weights: 'imagenet' ({imagenet_weights_help()}) or a local "
+                          ".keras/.weights.h5/.h5 file.",
                           from_recipe=False)  # the user's to give
     painless_depth: int = _model(0, "Painless attention: number of attention modules (0 = none).",
                                  check=NON_NEGATIVE, changes_method=True)

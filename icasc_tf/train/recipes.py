@@ -41,9 +41,9 @@ import os
 
 from absl import flags
 
-from icasc_tf.backbones import IMAGENET_BACKBONES
+from icasc_tf.backbones import IMAGENET_BACKBONES, REGISTRY
 from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
-from icasc_tf.data.registry import SPECS, get_spec
+from icasc_tf.data.registry import AUGMENTATION_SPECS, SPECS, get_spec
 from icasc_tf.train import config as run_config
 from icasc_tf.train.config import BACKBONE_OPTIONS, METHOD_CHANGES, NOT_FROM_RECIPE
 from icasc_tf.train.run_dir import RunDir
@@ -202,7 +202,7 @@ def native_size_note(config, flag_values, saved=None):
     if _given(flag_values, "image_size") or config.image_size or config.weights != "imagenet" or resuming:
         return None
     size, spec = NATIVE_SIZES.get(config.arch), get_spec(config.dataset)
-    if size is None or spec.augmentation not in ("squash", "inception") or size == spec.image_size:
+    if size is None or not AUGMENTATION_SPECS[spec.augmentation].crops_after_resize or size == spec.image_size:
         return None
     return size, f"image size: {size} px, {config.arch}'s own resolution (--image_size to change it)"
 
@@ -250,7 +250,7 @@ def fine_tuning_warning(config):
     if designated is None or not designated.fine_tunes:
         return ""
     fix = (
-        "--weights=imagenet fine-tunes keras.applications' ImageNet weights"
+        f"--weights=imagenet fine-tunes its ImageNet weights: {REGISTRY[config.arch].imagenet.source}"
         if config.arch in IMAGENET_BACKBONES
         else f"docs/weights.md converts ImageNet weights for {config.arch}"
     )
