@@ -175,6 +175,15 @@ class FeatureGraph:
                              f"not a 4-D [batch, height, width, channels] feature map. {self.candidates()}")
         return path
 
+    def layer_paths(self):
+        """``(path, layer)`` of every layer called in the graph, in call order."""
+        return [(p, layer) for p, layer in self._layers.items() if isinstance(layer, keras.layers.Layer)]
+
+    @property
+    def output_path(self):
+        """The path of the layer that computes the output (the classifier's head)."""
+        return self._named[id(self.output)]
+
     def candidates(self):
         if not self.feature_maps:
             return f"{self.model.name!r} has no 4-D feature map computed by a convolution."

@@ -1,23 +1,27 @@
 """Per-layer learning-rate multipliers (fine-tuning recipes: 10x on the new head).
 
 With SGD, scaling a variable's gradient by f multiplies its learning rate by f, so one
-optimizer serves every layer.
+optimizer serves every layer. A prefix matches a layer's path through nested models
+(``"base/conv1"``: the prefix ``"base"`` covers the whole nested base) or its own name.
 """
 
 
 class GradientScales:
-    """``{layer-name prefix: factor}`` turned into one factor per trainable variable."""
+    """``{layer path or name prefix: factor}`` turned into one factor per trainable variable."""
 
     def __init__(self, multipliers=None):
         self.multipliers = dict(multipliers or {})
         self._cache = None  # (variable ids, factors): recomputed if the variables change
 
     def factors(self, layers, variables):
+        """``layers``: ``(path, layer)`` pairs (``FeatureGraph.layer_paths()``)."""
         key = tuple(id(v) for v in variables)
         if self._cache is None or self._cache[0] != key:
             factor_of = {}
-            for layer in layers:
-                factor = next((f for p, f in self.multipliers.items() if layer.name.startswith(p)), 1.0)
+            for path, layer in layers:
+                factor = next(
+                    (f for p, f in self.multipliers.items() if path.startswith(p) or layer.name.startswith(p)), 1.0
+                )
                 for variable in layer.trainable_variables:
                     factor_of[id(variable)] = float(factor)
             self._cache = (key, [factor_of.get(id(v), 1.0) for v in variables])

@@ -43,8 +43,9 @@ class ICASC(KerasCompat, keras.Model):
       mask_gradient: let gradients flow through the mask (default: it is a target).
       second_order: differentiate through dY/dF (the paper); ``False`` detaches the
         class-score gradients (first order, as the public PyTorch port).
-      lr_multipliers: ``{layer-name prefix: factor}``; the gradients of matching layers
-        are scaled, i.e. their SGD learning rate is multiplied (fine-tuning recipes).
+      lr_multipliers: ``{layer path or name prefix: factor}`` (paths through nested models);
+        the gradients of matching layers are scaled, i.e. their SGD learning rate is
+        multiplied (fine-tuning recipes).
     """
 
     def __init__(
@@ -182,7 +183,7 @@ class ICASC(KerasCompat, keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
-        gradients = self._gradient_scales.apply(self.backbone.layers, variables, gradients)
+        gradients = self._gradient_scales.apply(self._graph.layer_paths(), variables, gradients)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(x, y, terms, per_sample + regularization, sample_weight)
 

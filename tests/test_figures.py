@@ -203,9 +203,12 @@ def test_script_draws_a_saved_keras_classifier_on_photographs(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photos / name)
     output = tmp_path / "figure.png"
     result = _run_script(f"--model={tmp_path / 'guide.keras'}", f"--photos={photos}", "--class_names=cat,dog,fox",
-                         f"--output={output}", "--top_k=2")
+                         f"--output={output}", "--top_k=2", "--pixel_scale=255")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"wrote {output}" in result.stdout and "pixels in [0, 255]" in result.stdout
+    assert f"wrote {output}" in result.stdout
+    refused = _run_script(f"--model={tmp_path / 'guide.keras'}", f"--photos={photos}", f"--output={output}.2")
+    assert refused.returncode == 2 and _error_lines(refused)[0].startswith(
+        "visualize.py: error: Say which pixels guide.keras takes, --pixel_scale: the pixel range")
     figure = np.asarray(Image.open(output).convert("RGB"))
     # Per photo: A_ch and Grad-CAM at the base's inner and last layers (4 rows), a rule between photos.
     assert figure.shape == (2 * 4 * (CAPTION + CELL) + 12, 3 * CELL, 3)

@@ -37,6 +37,7 @@ from icasc_tf.explain import LAYER_ROLES
 from icasc_tf.figures import top5_figure
 from icasc_tf.photos import bundled_photos, center_square, load_photos, photo_attention_figure
 from icasc_tf.train import TrainConfig
+from icasc_tf.train.own_model import PIXEL_SCALE_HELP, PIXEL_SCALES
 from icasc_tf.train.run_dir import MODELS, RunDir, load_model_file
 
 FLAGS = flags.FLAGS
@@ -67,9 +68,8 @@ flags.DEFINE_list("photos", [], "Image files or folders to draw --pretrained's o
                   "--pretrained: the photographs that ship with scikit-learn, matplotlib and scikit-image).")
 flags.DEFINE_list("class_names", [], "With --model and --photos: the model's class names, in order, or one file "
                   "with a name per line (default: class ids; 'imagenet' for ImageNet's 1000).")
-flags.DEFINE_enum("pixel_scale", "255", ["255", "1"], "With --model and --photos, for a model that is not ICASC: the "
-                  "pixel range it takes, [0, 255] (Keras's image_dataset_from_directory, keras.applications) or "
-                  "[0, 1]. ICASC models of this project take [0, 1].")
+flags.DEFINE_enum("pixel_scale", None, [str(s) for s in PIXEL_SCALES],
+                  f"With --model and --photos, for a model that is not ICASC: {PIXEL_SCALE_HELP}.")
 flags.DEFINE_integer(
     "image_size", 0, "Input side in pixels (default: the run's; with --pretrained the backbone's own, 224 for lite0)."
 )
@@ -187,11 +187,12 @@ def run_own_photos():
     if height is not None and (height, width) != (size, size):
         raise UserError(f"{path} takes {height}x{width} images: --photos draws square ones; pass no --image_size, or "
                         "a model that takes square images.")
-    icasc = isinstance(model, ICASC)
-    scale = 1.0 if icasc else float(FLAGS.pixel_scale)
-    if not icasc:
-        print(f"visualize.py: {os.path.basename(path)} is given the photographs as pixels in [0, {FLAGS.pixel_scale}] "
-              "(--pixel_scale)", flush=True)
+    if isinstance(model, ICASC):
+        scale = 1.0  # a run's model takes [0, 1]
+    elif FLAGS.pixel_scale is None:
+        raise UserError(f"Say which pixels {os.path.basename(path)} takes, --pixel_scale: {PIXEL_SCALE_HELP}.")
+    else:
+        scale = float(FLAGS.pixel_scale)
     name = os.path.splitext(os.path.basename(path))[0]
     return _photo_figure(model, name, size, _class_names(FLAGS.class_names), scale=scale)
 

@@ -22,6 +22,7 @@ from icasc_tf.data.registry import AUGMENTATIONS, SPECS
 from icasc_tf.method import check_hyperparameters
 from icasc_tf.model import BN_MODES
 from icasc_tf.painless import REDUCTIONS
+from icasc_tf.train.own_model import PIXEL_SCALE_HELP, PIXEL_SCALES, is_model_file
 
 _CHOICES = "choices"
 _GROUP = "group"
@@ -116,12 +117,22 @@ class TrainConfig:
     data_dir: str = _data("", "TFDS data folder (default ~/tensorflow_datasets).", part_of_run=False)
     manual_dir: str = _data("", _manual_dir_help(), part_of_run=False)
     # The network.
-    arch: str = _model("resnet20", "Backbone: " + ", ".join(BACKBONES) + ".", backbone_option=True)
+    arch: str = _model("resnet20", "Backbone: " + ", ".join(BACKBONES) + "; or your own saved Keras classifier, a "
+                       "path ending in .keras (a pretrained base nested in it included; README, Your own Keras "
+                       "model).", backbone_option=True)
     arch_options: list = _model([], "Backbone options as key=value, e.g. depth=16,width=4 for wrn.",
                                 backbone_option=True)
     weights: str = _model("", f"Pretrained backbone weights: 'imagenet' ({imagenet_weights_help()}) or a local "
                           ".keras/.weights.h5/.h5 file.",
                           from_recipe=False)  # the user's to give
+    inner_layer: str = _model("", "ICASC's inner feature map: a layer name, or a path through nested models "
+                              "(base/block_13_expand_relu); default the backbone's own, for a .keras model the last "
+                              "map at twice the last one's resolution.", backbone_option=True)
+    last_layer: str = _model("", "ICASC's last feature map (name or path); default the backbone's own, for a .keras "
+                             "model the last map before its spatial pooling.", backbone_option=True)
+    pixel_scale: int = _model(0, f"With --arch=FILE.keras: {PIXEL_SCALE_HELP}.",
+                              check=Check(lambda v: v in (0,) + PIXEL_SCALES, "1 or 255 (0: not given)"),
+                              backbone_option=True)
     painless_depth: int = _model(0, "Painless attention: number of attention modules (0 = none).",
                                  check=NON_NEGATIVE, changes_method=True)
     painless_width: int = _model(1, "Painless attention: heads per module.", check=POSITIVE)
@@ -228,19 +239,38 @@ class TrainConfig:
             if choices and value not in choices:
                 listed = ", ".join(c or "'' (the dataset's own)" for c in choices)
                 found.append(ValueError(f"--{f.name}={value!r}: choose one of {listed}."))
-        for name, known in (("dataset", tuple(SPECS)), ("arch", BACKBONES)):
-            if getattr(self, name) not in known:
-                found.append(ValueError(f"--{name}={getattr(self, name)}: unknown; choose one of {', '.join(known)}."))
+        if self.dataset not in SPECS:
+            found.append(ValueError(f"--dataset={self.dataset}: unknown; choose one of {', '.join(SPECS)}."))
+        if self.arch not in BACKBONES and not is_model_file(self.arch):
+            found.append(ValueError(f"--arch={self.arch}: unknown; choose one of {', '.join(BACKBONES)}, or give a "
+                                    "saved Keras classifier (a path ending in .keras)."))
         checks = [self._check_model_dir, self.hyperparameters, self._check_lr_boundaries,
                   lambda: self.options("dataset_config"), lambda: self.options("arch_options")]
         if self.arch in BACKBONES:
             checks.append(self._check_weights)
+        found += self._own_model_problems() if is_model_file(self.arch) else (
+            [ValueError("--pixel_scale applies to --arch=FILE.keras only: a registered backbone takes [0, 1].")]
+            if self.pixel_scale else [])
         for check in checks:
             try:
                 check()
             except (ValueError, FileNotFoundError) as error:
                 found.append(error)
         return found
+
+    def _own_model_problems(self):
+        """What a saved model as --arch cannot be combined with."""
+        problems = []  # whether the file exists is the run's to check (a resumed run has its copy)
+        if not self.pixel_scale:
+            problems.append(ValueError(f"--arch={self.arch}: say which pixels it takes, --pixel_scale: "
+                                       f"{PIXEL_SCALE_HELP}."))
+        given = [name for name in ("weights", "arch_options", "painless_depth") if getattr(self, name)]
+        if given:
+            problems.append(ValueError(
+                f"--{', --'.join(given)} {'applies' if len(given) == 1 else 'apply'} to the registered backbones: "
+                f"--arch={self.arch} brings its own "
+                "weights and layers."))
+        return problems
 
     def _check_weights(self):
         try:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 
 def atomic_write_text(path, text):
@@ -16,6 +17,15 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, value, **kwargs):
     atomic_write_text(path, json.dumps(value, indent=2, **kwargs))
+
+
+def atomic_copy(source, path):
+    """Copy ``source`` to a temporary file beside ``path``, flush it to disk, rename it over ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.copyfile(source, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def atomic_save_model(model, path):

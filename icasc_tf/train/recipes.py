@@ -46,6 +46,7 @@ from icasc_tf.backbones.efficientnet_lite import NATIVE_SIZES
 from icasc_tf.data.registry import AUGMENTATION_SPECS, SPECS, get_spec
 from icasc_tf.train import config as run_config
 from icasc_tf.train.config import BACKBONE_OPTIONS, METHOD_CHANGES, NOT_FROM_RECIPE
+from icasc_tf.train.own_model import is_model_file, model_name
 from icasc_tf.train.run_dir import RunDir
 
 FLAGS_DIR_ENV = "ICASC_TF_FLAGS_DIR"
@@ -158,7 +159,9 @@ def recipe_defaults(recipe, same_backbone, dataset, arch):
     if not same_backbone:
         for key in BACKBONE_OPTIONS:
             values.pop(key, None)
-        values["model_dir"] = f"runs/{dataset}_{arch}"
+        values["model_dir"] = f"runs/{dataset}_{model_name(arch) if is_model_file(arch) else arch}"
+        if is_model_file(arch):
+            values.pop("image_size", None)  # a saved model takes the size it was built for
     return values
 
 

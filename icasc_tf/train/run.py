@@ -29,7 +29,8 @@ from icasc_tf.keras_compat import multi_worker
 from icasc_tf.model import ICASC
 from icasc_tf.train.checkpoint import ResumableCheckpoint
 from icasc_tf.train.config import TrainConfig
-from icasc_tf.train.files import atomic_save_model, atomic_write_json
+from icasc_tf.train.files import atomic_copy, atomic_save_model, atomic_write_json
+from icasc_tf.train.own_model import OwnModel, is_model_file, load_own_model
 from icasc_tf.train.run_callbacks import (
     BestModel,
     EpochLine,
@@ -52,8 +53,11 @@ HEAD_LAYER_PREFIXES = (HEAD_LAYER, painless.PREFIX)
 
 
 # ----------------------------------------------------------------------------- the model of a run
-def build_model(config, info):
-    """The run's ``ICASC`` model (backbone, painless attention, method options); not compiled."""
+def build_model(config, info, own=None):
+    """The run's ``ICASC`` model (backbone, painless attention, method options); not compiled.
+    ``own``: the ``OwnModel`` of ``--arch=FILE.keras``, else the registered backbone is built."""
+    if own is not None:
+        return _icasc(config, info, own.model, own.inner_layer, own.last_layer, [own.head])
     backbone = build_backbone(
         config.arch,
         info.num_classes,
@@ -70,14 +74,19 @@ def build_model(config, info):
             reduction=config.painless_reduction,
             gamma=config.painless_gamma,
         )
-    multipliers = (
-        {prefix: config.head_lr_multiplier for prefix in HEAD_LAYER_PREFIXES}
-        if config.head_lr_multiplier != 1.0
-        else None
-    )
+    layers = backbone.icasc_layers()
+    inner, last = config.inner_layer or layers["inner_layer"], config.last_layer or layers["last_layer"]
+    return _icasc(config, info, backbone.model, inner, last, HEAD_LAYER_PREFIXES)
+
+
+def _icasc(config, info, network, inner_layer, last_layer, heads):
+    """ICASC around ``network`` with the run's method options; ``heads``: the layer paths (or
+    prefixes) that --head_lr_multiplier speeds up."""
+    multipliers = {head: config.head_lr_multiplier for head in heads} if config.head_lr_multiplier != 1.0 else None
     return ICASC(
-        backbone.model,
-        **backbone.icasc_layers(),
+        network,
+        inner_layer=inner_layer,
+        last_layer=last_layer,
         attention=config.attention,
         multi_label=info.multi_label,
         loss_weights=config.float_loss_weights(),
@@ -150,6 +159,7 @@ class _Run:
     validation_info: object = None
     steps: int = 0
     position: RunPosition = None
+    own_model: OwnModel = None  # --arch=FILE.keras
     checkpoint: ResumableCheckpoint = None
     model: ICASC = None
 
@@ -168,6 +178,27 @@ def _set_up_runtime(config):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     return strategy
+
+
+def _load_own_model(run):
+    """``--arch=FILE.keras``: the user's network (under the strategy's scope) and, unless given, the image
+    size it takes, before the run folder is compared with the options. When the file has gone, the
+    run folder's copy made when the run started."""
+    config = run.config
+    if not is_model_file(config.arch):
+        return
+    path = config.arch
+    if not os.path.isfile(path):
+        if not os.path.isfile(run.run_dir.network_path):
+            raise FileNotFoundError(f"--arch={config.arch}: no such file.")
+        path = run.run_dir.network_path
+        print(f"{config.arch} is gone: the run folder's copy {path} is loaded", flush=True)
+    with run.strategy.scope():
+        run.own_model = load_own_model(path, config.pixel_scale, config.inner_layer, config.last_layer)
+    if config.image_size not in (0, run.own_model.image_size):
+        raise ValueError(f"--image_size={config.image_size}, but --arch={config.arch} takes "
+                         f"{run.own_model.image_size}-pixel images: leave --image_size out.")
+    config.image_size = run.own_model.image_size
 
 
 def _read_run_folder(run):
@@ -218,7 +249,12 @@ def _build_model(run):
     # global generators, and the initial weights must depend on the seed alone.
     keras.utils.set_random_seed(config.seed)
     with run.strategy.scope():
-        model = build_model(config, run.info)
+        if run.own_model is not None and run.own_model.num_classes != run.info.num_classes:
+            raise ValueError(
+                f"--arch={config.arch} outputs {run.own_model.num_classes} class scores, but {config.dataset} has "
+                f"{run.info.num_classes} classes: give the model a head of {run.info.num_classes} (e.g. "
+                f"keras.layers.Dense({run.info.num_classes})).")
+        model = build_model(config, run.info, run.own_model)
         optimizer = keras.optimizers.SGD(
             learning_rate(config, run.steps), momentum=config.momentum, nesterov=config.nesterov
         )
@@ -242,6 +278,8 @@ def _open_run(run, lock, header):
             lock.acquire()
             _log.warning("Moved the previous run in %s to %s.", run.run_dir.path, aside)
         run.run_dir.write_options(config, header)
+        if run.own_model is not None and not os.path.exists(run.run_dir.network_path):
+            atomic_copy(config.arch, run.run_dir.network_path)
     if run.action == "resume":
         with run.strategy.scope():
             run.start = run.checkpoint.restore(run.model, steps_per_epoch=run.steps)
@@ -471,6 +509,7 @@ def run_training(config: TrainConfig, callbacks=(), header=()):
     config.validate()
     strategy = _set_up_runtime(config)
     run = _Run(config, strategy, RunDir(config.model_dir), is_chief(strategy))
+    _load_own_model(run)
     _read_run_folder(run)
     lock = RunLock(run.run_dir)
     try:

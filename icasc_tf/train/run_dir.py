@@ -78,6 +78,12 @@ class RunDir:
         return self.file("logs")
 
     @property
+    def network_path(self):
+        """The copy of an ``--arch=FILE.keras`` network as it was when the run started (resumes from it
+        when the file has gone)."""
+        return self.file("network.keras")
+
+    @property
     def lock_path(self):
         return self.file(".lock")
 
