@@ -227,7 +227,7 @@ def test_option_roles_are_the_options_own_metadata():
         "attention_images", "attention_images_every", "checkpoint_every",
     }
     assert run_config.NOT_FROM_RECIPE == ("weights",)
-    assert run_config.BACKBONE_OPTIONS == ("arch", "arch_options")
+    assert run_config.BACKBONE_OPTIONS == ("arch", "arch_options", "inner_layer", "last_layer", "pixel_scale")
     assert set(run_config.METHOD_CHANGES) == {"baseline", "painless_depth"}
     roles = {f.name: f.metadata.get("check") for f in dataclasses.fields(TrainConfig)}
     assert roles["batch_size"] is run_config.POSITIVE and roles["eval_steps"] is run_config.NON_NEGATIVE
