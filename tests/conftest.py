@@ -16,6 +16,10 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each of pytest-xdist's workers gets one core's worth of threads: with TensorFlow's default
+    # (a pool as wide as the machine per process) the workers oversubscribe the cores.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
 @pytest.fixture(autouse=True)

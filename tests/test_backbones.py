@@ -51,9 +51,6 @@ SMALL_OPTIONS = {"wrn": {"depth": 10, "width": 1}}
 SMALL_SIDE = {
     name: 16 for name in BACKBONES if name.startswith(("resnet", "wrn")) and name not in ("resnet50", "resnet101")
 }
-# The deepest member of two families whose other members run the same code: each takes over 10 s
-# here (saving, reloading and a step through 100+ layers), so the slow test runs them.
-HEAVY = ("resnet101", "resnet110")
 REGISTERED = [(name, SMALL_OPTIONS.get(name, {})) for name in BACKBONES]
 # Each family's other variants, at 32x32 inputs like every build here.
 VARIANTS = [
@@ -64,16 +61,22 @@ VARIANTS = [
 BUILDS = REGISTERED + VARIANTS
 
 
+SLOW = pytest.mark.slow  # the other cases of a parametrized test: the full suite
+
+
 def _ids(builds):
     return [f"{name}-{'-'.join(map(str, options.values()))}".rstrip("-") for name, options in builds]
 
 
 # These take their ICASC step traced, as fit runs it. The others' traces take 10-20 s each on
 # this CPU; they take the same train_step eagerly here, and traced in the slow test.
-TRACED = ("vgg19", "resnet18", "resnet20", "wrn-10-1")
+TRACED = ("resnet20",)
 
 
-FAST = [build for build in REGISTERED if build[0] not in HEAVY]
+# The fast suite takes two backbones (the fast suite is what a contributor runs after each edit);
+# every other one runs the harness in the slow test below, its step traced.
+FAMILIES = ("resnet20", "efficientnet_lite0")  # the CIFAR ResNets' code and EfficientNet-Lite's
+FAST = [build for build in REGISTERED if build[0] in FAMILIES]
 
 
 @pytest.mark.parametrize("name,options", FAST, ids=_ids(FAST))
@@ -264,7 +267,7 @@ def _trained_like(backbone, seed=1):
     return backbone
 
 
-@pytest.mark.parametrize("suffix", [".weights.h5", ".keras", ".h5"])
+@pytest.mark.parametrize("suffix", [".weights.h5", *(pytest.param(s, marks=SLOW) for s in (".keras", ".h5"))])
 def test_weights_round_trip_skips_a_different_head(tmp_path, suffix):
     source = _trained_like(build_backbone("resnet20", 10)).model
     path = tmp_path / f"source{suffix}"
@@ -388,7 +391,7 @@ def _read_legacy_h5_weights(path):
     return out
 
 
-@pytest.mark.parametrize("arch", ["vgg19", "resnet50", "resnet101"])
+@pytest.mark.parametrize("arch", ["vgg19", *(pytest.param(a, marks=SLOW) for a in ("resnet50", "resnet101"))])
 def test_imagenet_files_are_keras_applications_own(keras_home, monkeypatch, arch):
     """keras.applications itself, asked for the same weights, fetches the same file from the same
     address and checks it against the same md5 (seen from the URL it opens and the hash error a
@@ -434,7 +437,7 @@ def test_keras_cache_dir_without_keras_home_is_keras_own(monkeypatch, tmp_path):
     assert keras_cache_dir() == os.path.join(str(tmp_path), ".keras", "models")
 
 
-@pytest.mark.parametrize("arch", ["vgg19", "resnet50"])
+@pytest.mark.parametrize("arch", ["vgg19", pytest.param("resnet50", marks=SLOW)])
 def test_imagenet_weights_load_from_the_keras_cache(keras_home, arch):
     home, calls = keras_home
     application = {"vgg19": keras.applications.VGG19, "resnet50": keras.applications.ResNet50}

@@ -54,6 +54,7 @@ def test_only_our_commands_are_commands():
     assert not command.is_command([os.path.join(ROOT, "my_experiment.py")])
 
 
+@pytest.mark.slow
 def test_a_library_import_leaves_the_process_alone(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     probe = "import os, icasc_tf; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"

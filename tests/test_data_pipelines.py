@@ -152,6 +152,7 @@ def test_voc2012_multi_hot_targets_and_names(tmp_path):
     assert info.class_names[:3] == ("aeroplane", "bicycle", "bird")
 
 
+@pytest.mark.slow  # four datasets on TFDS mock data: the full suite
 def test_the_dataset_harness_holds_for_the_downloadable_datasets_on_mock_data(tmp_path, imagenet_manual_dir):
     data_dir = str(tmp_path)
     with tfds.testing.mock_data(num_examples=NUM_MOCK):

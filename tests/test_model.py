@@ -279,7 +279,7 @@ def test_multilabel_model_trains_and_target_map_uses_all_positives():
 
 
 # ----------------------------------------------------------------------- fit and API
-@pytest.mark.parametrize("bn_mode", ["batch", "exact"])
+@pytest.mark.parametrize("bn_mode", ["batch", pytest.param("exact", marks=pytest.mark.slow)])
 def test_fit_reports_terms_and_learns(bn_mode):
     model = ICASC(tiny_convnet(), "inner", "last", bn_mode=bn_mode)
     model.compile(keras.optimizers.SGD(0.1), metrics=["accuracy"])
@@ -326,6 +326,7 @@ def test_lr_multipliers_scale_gradients():
     np.testing.assert_allclose(conv1_a, conv1_b, rtol=1e-5, atol=1e-5 * np.abs(conv1_a).max())
 
 
+@pytest.mark.slow  # the GPU paths (several replicas), in the full suite
 def test_two_replicas_update_equals_one_device_update():
     x, y = _data(n=8)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
@@ -353,6 +354,7 @@ def test_two_replicas_update_equals_one_device_update():
         np.testing.assert_allclose(h1[name], h2[name], rtol=1e-5)
 
 
+@pytest.mark.slow  # the GPU paths (XLA, mixed precision), in the full suite
 def test_jit_compiled_step_equals_the_plain_step():
     """XLA compiles the same second-order step: same losses, same updated weights."""
     x, y = _data(n=16)
@@ -444,6 +446,7 @@ def test_attention_warmup_ramps_the_attention_terms():
     np.testing.assert_allclose(h["loss"][0], h["classification_loss"][0] + 5 / 16 * attention, rtol=1e-4)
 
 
+@pytest.mark.slow  # the GPU paths (XLA, mixed precision), in the full suite
 def test_mixed_precision_step_is_finite_and_keeps_float32_logits():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

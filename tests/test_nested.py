@@ -280,6 +280,7 @@ def test_augmentation_inside_the_model_is_active_only_in_training():
     assert not np.allclose(flipped[0], flipped[1])  # training: a random flip per call
 
 
+@pytest.mark.slow  # save, load and fit again: the full suite
 def test_icasc_with_a_nested_base_saves_and_loads_and_keeps_training(tmp_path):
     model = ICASC(_guide(_base(), dropout=0.2), "base/inner", "base/last", bn_mode="exact")
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), metrics=["accuracy"])
@@ -294,6 +295,7 @@ def test_icasc_with_a_nested_base_saves_and_loads_and_keeps_training(tmp_path):
     loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)
 
 
+@pytest.mark.slow  # the GPU paths (XLA, mixed precision), in the full suite
 def test_jit_compile_mixed_precision_and_two_replicas_through_nesting():
     x, y = _data(16)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
@@ -339,6 +341,7 @@ APPLICATIONS = {
 }
 
 
+@pytest.mark.slow  # three real networks: the full suite
 @pytest.mark.parametrize("family", list(APPLICATIONS))
 def test_keras_applications_bases_in_the_guides_model(family):
     build, (inner, last) = APPLICATIONS[family]

@@ -192,7 +192,7 @@ def test_fit_with_plain_keras_trains_the_attention():
     assert len(before) == 14 and unchanged == []
 
 
-@pytest.mark.parametrize("bn_mode", ["batch", "exact"])
+@pytest.mark.parametrize("bn_mode", ["batch", pytest.param("exact", marks=pytest.mark.slow)])
 def test_backbone_in_backbone_out_and_icasc_trains_it(bn_mode):
     from icasc_tf import ICASC
 
