@@ -22,16 +22,17 @@ LAYER_ROLES = ("last", "inner")  # the figures' and commands' names for ICASC's 
 
 
 def role_layers(model):
-    """``{"inner": path, "last": path}``: an ICASC model's own layers, else the network's default pair
-    (``FeatureGraph.default_pair``); only ``"last"`` when it has no map at twice the last one's size."""
+    """``({"inner": path, "last": path}, None)``: an ICASC model's own layers, else the network's
+    default pair (``FeatureGraph.default_pair``); ``({"last": path}, why)`` when it has no inner layer,
+    ``why`` saying so."""
     if isinstance(model, ICASC):
-        return {"inner": model.inner_layer, "last": model.last_layer}
-    graph = FeatureGraph(model)
+        return {"inner": model.inner_layer, "last": model.last_layer}, None
+    graph = FeatureGraph.of(model)
     try:
-        inner, last = graph.default_pair()
-    except ValueError:
-        return {"last": graph.default_map()}
-    return {"inner": inner, "last": last}
+        inner, last = graph.default_pair(roles=("inner layer", "last layer"))
+    except ValueError as error:
+        return {"last": graph.default_map()}, str(error)
+    return {"inner": inner, "last": last}, None
 
 
 class Explainer:
@@ -56,7 +57,7 @@ class Explainer:
             graph, scores, self.multi_label = model.graph, model.scores, model.multi_label
             layers = [model.inner_layer, model.last_layer] if layers is None else layers
         else:
-            graph = FeatureGraph(model)
+            graph = FeatureGraph.of(model)
             scores, sigmoid = graph.scores(output)
             self.multi_label = sigmoid or bool(multi_label)
             layers = [graph.default_map()] if layers is None else layers

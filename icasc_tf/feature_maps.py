@@ -25,6 +25,7 @@ from icasc_tf import keras_compat
 # weights skip it when the class count differs; painless attention combines its output.
 HEAD_LAYER = "logits"
 SEPARATOR = "/"
+_CACHE = "_icasc_feature_graph"  # where FeatureGraph.of keeps a model's graph
 _SQUASHING = {"softmax": False, "sigmoid": True}  # activation -> multi-label probabilities
 
 
@@ -77,8 +78,19 @@ class FeatureGraph:
     input to those tensors, sharing the classifier's layers.
     """
 
+    @classmethod
+    def of(cls, model):
+        """``model``'s graph, built once per model: every build calls each layer again (a new node on
+        each), so repeated ``explain`` calls reuse it."""
+        layers, graph = model.__dict__.get(_CACHE, (None, None))
+        if graph is None or layers != len(model.layers):  # a Sequential may have grown since
+            graph = cls(model)
+            object.__setattr__(model, _CACHE, (len(model.layers), graph))  # not a tracked attribute: never saved
+        return graph
+
     def __init__(self, model):
         _check_graph_model(model)
+        self._scores = {}
         self.model = model
         self.input = model.inputs[0]  # the layers are called again on it: new nodes, the same input layer
         self._tensors, self._layers, self._aliases = {}, {}, {}
@@ -96,7 +108,7 @@ class FeatureGraph:
             )
         self.paths = list(self._tensors)
         self.feature_maps = [p for p in self.paths if self._is_feature_map(p)]
-        self._pooled = [self._named[id(t)] for t in self._reduced if id(t) in self._named]
+        self._pooled = [self._named.get(id(t)) for t in self._reduced]
 
     # ------------------------------------------------------------------ building
     def _run(self, model, inputs, prefix, training):
@@ -124,7 +136,10 @@ class FeatureGraph:
             for layer in model.layers:
                 outputs = call(layer, outputs)
             return outputs
-        return keras_compat.run_functional_graph(model, inputs, call)
+        outputs = keras_compat.run_functional_graph(model, inputs, call)
+        if isinstance(outputs, (list, tuple)) and len(outputs) == 1:  # keras.Model(inputs, [outputs])
+            outputs = outputs[0]
+        return outputs
 
     def _follow(self, operation, outputs, args, kwargs):
         """What every call tells: its producer, whether its outputs went through a convolution,
@@ -147,9 +162,6 @@ class FeatureGraph:
         return _rank(tensor) == 4 and id(tensor) in self._convolved and self._named.get(id(tensor)) == path
 
     # ------------------------------------------------------------------ lookups
-    def layer(self, path):
-        return self._layers[self._aliases.get(path, path)]
-
     def tensor(self, path):
         return self._tensors[self._aliases.get(path, path)]
 
@@ -180,9 +192,14 @@ class FeatureGraph:
         return [(p, layer) for p, layer in self._layers.items() if isinstance(layer, keras.layers.Layer)]
 
     @property
-    def output_path(self):
-        """The path of the layer that computes the output (the classifier's head)."""
-        return self._named[id(self.output)]
+    def head_path(self):
+        """The path of the layer that computes the class scores (the classifier's head): the output's
+        layer, or, when that only applies softmax/sigmoid (an ``Activation``), the layer before it."""
+        operation, features = self.final_layer()
+        tensor = self.output
+        if _squashing(operation) and not getattr(operation, "weights", None):
+            tensor = features
+        return self._named[id(tensor)]
 
     def candidates(self):
         if not self.feature_maps:
@@ -195,29 +212,43 @@ class FeatureGraph:
         return (f"; the layers inside {', '.join(self._opaque)} cannot be reached (a subclassed model: build it "
                 "with the functional API or keras.Sequential)")
 
-    def default_map(self):
-        """The last feature map before the network's spatial pooling (``explain``'s default layer)."""
+    def default_map(self, role="layer"):
+        """The deepest feature map that the network's spatial pooling reduces (``explain``'s default
+        layer); ``role`` names the argument that overrides it, for the errors."""
         if not self._pooled:
             raise ValueError(
                 f"{self.model.name!r} has no 4-D feature map that a convolution computed and a pooling or flattening "
-                f"layer reduces{self._opaque_note()}: name the layer to explain. {self.candidates()}"
+                f"layer reduces{self._opaque_note()}: name the {role}. {self.candidates()}"
             )
-        return self._pooled[-1]
+        if None in self._pooled:
+            raise ValueError(f"{self.model.name!r} pools a map that is one output of a layer with several: name the "
+                             f"{role}. {self.candidates()}")
+        last = max(self._pooled, key=self.paths.index)
+        return self.resolve(last, f"the default {role}")  # a layer called twice is refused here too
 
-    def default_pair(self):
+    def default_pair(self, roles=("inner_layer", "last_layer")):
         """``(inner, last)``: the last map before pooling and, before it, the last map at twice its
-        resolution (the last layer of the penultimate stage, docs/method.md §1.3)."""
-        last = self.default_map()
+        resolution (the last layer of the penultimate stage, docs/method.md §1.3). ``roles`` name the
+        arguments (or flags) that override them, for the errors."""
+        last = self.default_map(roles[1])
         height, width = self._tensors[last].shape[1:3]
         if height is None or width is None:
             raise ValueError(f"{self.model.name!r} takes images of any size, so no inner layer can be chosen by "
-                             f"resolution: name inner_layer. {self.candidates()}")
+                             f"resolution: name {' and '.join(roles)}. {self.candidates()}")
         earlier = self.feature_maps[: self.feature_maps.index(last)]
         inner = [p for p in earlier if _halves(self._tensors[p].shape[1:3], (height, width))]
         if not inner:
             raise ValueError(f"{self.model.name!r} has no feature map at twice the resolution of {last!r} "
-                             f"({height}x{width}): name inner_layer. {self.candidates()}")
-        return inner[-1], last
+                             f"({height}x{width}): name {' and '.join(roles)}. {self.candidates()}")
+        return self.resolve(inner[-1], f"the default {roles[0]}"), last
+
+    def layer_pair(self, inner=None, last=None, roles=("inner_layer", "last_layer")):
+        """``(inner, last)`` paths: both given (resolved), or neither (``default_pair``)."""
+        if bool(inner) != bool(last):
+            raise ValueError(f"Give both {' and '.join(roles)}, or neither (the default pair).")
+        if inner:
+            return self.resolve(inner, roles[0]), self.resolve(last, roles[1])
+        return self.default_pair(roles)
 
     def final_layer(self):
         """The layer that computes the output, and its input tensor."""
@@ -225,6 +256,12 @@ class FeatureGraph:
         return operation, args[0]
 
     def scores(self, output="auto"):
+        """``_scores_of(output)``, built once per graph (each build adds a node to the head)."""
+        if output not in self._scores:
+            self._scores[output] = self._scores_of(output)
+        return self._scores[output]
+
+    def _scores_of(self, output):
         """The class scores the maps are taken from, and whether they are sigmoid (multi-label) scores.
 
         ``"auto"``: the scores before a final softmax or sigmoid (a ``Softmax``/``Activation``
@@ -233,6 +270,9 @@ class FeatureGraph:
         """
         operation, features = self.final_layer()
         squash = _squashing(operation)
+        if output == "logits" and squash is not None:
+            raise ValueError(f"output='logits', but {self.model.name!r} ends in a {squash} ({operation.name!r}): its "
+                             "output is probabilities, and maps of them are not the paper's. Pass output='auto'.")
         if output == "logits" or (output == "auto" and squash is None):
             return self.output, False
         if squash is None:
@@ -241,6 +281,9 @@ class FeatureGraph:
                 f"{getattr(operation, 'name', type(operation).__name__)!r}. Pass output='logits' if it outputs scores."
             )
         if isinstance(operation, keras.layers.Dense):
+            if getattr(operation, "quantization_mode", None):
+                raise ValueError(f"{operation.name!r} is a quantized Dense: its scores before the {squash} cannot be "
+                                 "recomputed; end the model with a separate Softmax/Activation layer.")
             return PreActivation(operation)(features), _SQUASHING[squash]
         if isinstance(operation, (keras.layers.Softmax, keras.layers.Activation)) or not isinstance(
                 operation, keras.layers.Layer):
@@ -277,7 +320,3 @@ def _check_graph_model(model):
         raise ValueError(f"{model.name!r} must take one image batch [batch, height, width, channels]; its inputs are "
                          f"{[tuple(x.shape) for x in inputs]}.")
 
-
-def feature_graph(model):
-    """``model``'s ``FeatureGraph``."""
-    return FeatureGraph(model)

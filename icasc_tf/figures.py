@@ -364,10 +364,9 @@ def _top_maps(model, images, attention, layer, top_k):
     """``(classes, probabilities [N, k], maps [N, k, h, w])`` of a model's top-k classes at ``layer``
     (a layer role of ``LAYER_ROLES`` or a layer's name or path)."""
     if layer in LAYER_ROLES:
-        roles = role_layers(model)
+        roles, why = role_layers(model)
         if layer not in roles:
-            raise ValueError(f"{model.name!r} has no inner layer (no feature map at twice the last one's "
-                             f"resolution, {roles['last']!r}): draw layer='last' or name a layer.")
+            raise ValueError(f"No inner layer to draw: {why} Draw layer='last', or name a layer.")
         layer = roles[layer]
     explainer = Explainer(model, [layer])
     k = min(int(top_k), explainer.num_classes)

@@ -218,9 +218,9 @@ class AttentionImages(keras.callbacks.Callback):
 
     def _panels(self):
         model = self.model
-        multi_label = model.multi_label if isinstance(model, ICASC) else self.multi_label
-        panels = Panels(model, self._explainer_of(model), self.images, self.labels, self.class_names,
-                        self._method(), multi_label)
+        explainer = self._explainer_of(model)  # multi-label when asked or when the model ends in a sigmoid
+        panels = Panels(model, explainer, self.images, self.labels, self.class_names, self._method(),
+                        explainer.multi_label)
         drawn = []
         for i in range(len(self.images)):
             rows = [row for builder in self.rows for row in builder(panels, i) if row]

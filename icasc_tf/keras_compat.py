@@ -24,8 +24,9 @@ def _check_keras_version():
     if minor not in TESTED_KERAS:
         warnings.warn(
             f"icasc_tf's Keras workarounds (icasc_tf/keras_compat.py: the multi-worker symbolic "
-            f"build and [1]-shaped logs) were tested with Keras {', '.join(TESTED_KERAS)}; this is "
-            f"Keras {keras.__version__}. If multi-worker training fails, check them against it.",
+            f"build, [1]-shaped logs, reading a functional model's graph) were tested with Keras "
+            f"{', '.join(TESTED_KERAS)}; this is Keras {keras.__version__}. If multi-worker training or "
+            "maps of a nested model fail, check them against it.",
             stacklevel=2,
         )
     if not hasattr(keras.Model, "_maybe_symbolic_build"):
@@ -34,6 +35,21 @@ def _check_keras_version():
             "workaround no longer applies (icasc_tf/keras_compat.py).",
             stacklevel=2,
         )
+    if _functional_class() is None or not hasattr(_functional_class(), "_run_through_graph"):
+        warnings.warn(
+            "keras.src.models.functional.Functional._run_through_graph is not in this Keras: icasc_tf cannot read "
+            "a functional model's graph (explain, ICASC; icasc_tf/keras_compat.py).",
+            stacklevel=2,
+        )
+
+
+def _functional_class():
+    """Keras's Functional model class (not exported publicly), or None where it has moved."""
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:
+        return None
+    return Functional
 
 
 _check_keras_version()
@@ -122,13 +138,15 @@ class KerasCompat:
 
 def is_functional(model):
     """A model built from a graph of layers (``keras.Model(inputs, outputs)`` and its subclasses)."""
-    from keras.src.models.functional import Functional  # Keras 3.12-3.15: not exported publicly
-
-    return isinstance(model, Functional)
+    functional = _functional_class()
+    if functional is None:
+        raise ImportError("keras.src.models.functional.Functional is not in this Keras: icasc_tf cannot tell a "
+                          f"functional model (tested with Keras {', '.join(TESTED_KERAS)}).")
+    return isinstance(model, functional)
 
 
 def run_functional_graph(model, inputs, call):
     """Calls ``call(operation, *args, **kwargs)`` at each node of ``model``'s graph in order, with
-    the node's own arguments, on ``inputs``; returns the outputs. Keras 3.12-3.15's
-    ``Function._run_through_graph(inputs, operation_fn, call_fn)``, as ``clone_model`` uses it."""
+    the node's own arguments, on ``inputs``; returns the outputs. ``Function._run_through_graph(
+    inputs, operation_fn, call_fn)`` of the tested Keras versions, as ``clone_model`` uses it."""
     return model._run_through_graph([inputs], operation_fn=lambda operation: operation, call_fn=call)

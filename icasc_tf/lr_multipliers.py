@@ -6,6 +6,12 @@ optimizer serves every layer. A prefix matches a layer's path through nested mod
 """
 
 
+def _matches(prefix, path, name):
+    """A path at or under ``prefix`` (``"base"`` covers ``"base/conv1"``, not ``"base2/conv1"``), or a
+    layer name starting with it (``"painless_"``)."""
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/") or name.startswith(prefix)
+
+
 class GradientScales:
     """``{layer path or name prefix: factor}`` turned into one factor per trainable variable."""
 
@@ -19,9 +25,8 @@ class GradientScales:
         if self._cache is None or self._cache[0] != key:
             factor_of = {}
             for path, layer in layers:
-                factor = next(
-                    (f for p, f in self.multipliers.items() if path.startswith(p) or layer.name.startswith(p)), 1.0
-                )
+                matching = [p for p in self.multipliers if _matches(p, path, layer.name)]
+                factor = self.multipliers[max(matching, key=len)] if matching else 1.0  # the most specific
                 for variable in layer.trainable_variables:
                     factor_of[id(variable)] = float(factor)
             self._cache = (key, [factor_of.get(id(v), 1.0) for v in variables])

@@ -66,8 +66,8 @@ class ICASC(KerasCompat, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        graph = FeatureGraph(backbone)
-        inner_layer, last_layer = self._layer_pair(graph, inner_layer, last_layer)
+        graph = FeatureGraph.of(backbone)
+        inner_layer, last_layer = graph.layer_pair(inner_layer, last_layer)
         scores, sigmoid = graph.scores("auto")
         if sigmoid and not multi_label:
             raise ValueError(f"{backbone.name!r} ends in a sigmoid (one probability per class): pass multi_label=True "
@@ -106,15 +106,6 @@ class ICASC(KerasCompat, keras.Model):
         # Multiplies all attention terms; a warm-up callback ramps it from 0 to 1.
         self.attention_scale = keras.Variable(1.0, trainable=False, name="attention_scale")
         self.built = True  # the backbone is built, so is this wrapper
-
-    @staticmethod
-    def _layer_pair(graph, inner_layer, last_layer):
-        if (inner_layer is None) != (last_layer is None):
-            raise ValueError("Give both inner_layer and last_layer, or neither (the default pair: "
-                             f"{', '.join(graph.default_pair())}).")
-        if inner_layer is None:
-            return graph.default_pair()
-        return graph.resolve(inner_layer, "inner_layer"), graph.resolve(last_layer, "last_layer")
 
     @staticmethod
     def _build_head(graph, inner, last, scores):

@@ -287,7 +287,7 @@ def add_painless_attention(
     if int(width) < 1:
         raise ValueError(f"width (attention width AW) must be >= 1; got {width}.")
     model = backbone.model if _is_backbone(backbone) else backbone
-    graph = FeatureGraph(model)
+    graph = FeatureGraph.of(model)
     names = _resolve_layer_names(backbone, graph, depth, layer_names)
     feature_maps = [graph.tensor(graph.resolve(layer_name, "layer_names")) for layer_name in names]
     net_features, net_logits = _network_output(graph)

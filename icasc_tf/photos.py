@@ -117,7 +117,9 @@ def photo_attention_figure(model, photos, class_names, path=None, top_k=5, tile_
     """
     names = list(photos)
     images = np.stack([photos[n] for n in names]).astype(np.float32)
-    roles = role_layers(model)
+    roles, why = role_layers(model)
+    if why:
+        print(f"{model.name}: the last layer's maps only; {why}", flush=True)
     explainer = Explainer(model, [roles[role] for role in roles])
     top_k = min(int(top_k), explainer.num_classes)
     maps = {attention: _maps_in_chunks(explainer, images, top_k, attention) for attention in {a for a, _ in ROWS}}

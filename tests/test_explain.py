@@ -79,6 +79,14 @@ def test_default_layer_top_k_and_errors():
         explain(model, images, layer="pool")
 
 
+def test_logits_asked_of_a_softmax_model_are_refused():
+    functional = tiny_convnet(CLASSES, batch_norm=False)
+    softmax = keras.Model(functional.input, keras.layers.Softmax(name="probs")(functional.output))
+    with pytest.raises(ValueError, match="output='logits', but .* ends in a softmax \\('probs'\\): its output is "
+                                         "probabilities"):
+        explain(softmax, _images(), output="logits")
+
+
 def test_sequential_and_softmax_models_give_the_logit_maps():
     functional = tiny_convnet(CLASSES, batch_norm=False)
     sequential = keras.Sequential([keras.Input((16, 16, 3))] + [
@@ -148,6 +156,17 @@ def test_softmax_outputs_are_recognised():
     got = explain(softmax, images, top_k=2)  # output="auto": the scores before the softmax
     np.testing.assert_allclose(got["maps"], expected["maps"], rtol=1e-5, atol=1e-7 * expected["maps"].max())
     np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=1e-5)
+
+
+def test_attention_images_of_a_model_ending_in_sigmoid_are_multi_label_by_themselves(tmp_path):
+    functional = tiny_convnet(CLASSES, batch_norm=False)
+    sigmoid = keras.Model(functional.input, keras.layers.Activation("sigmoid")(functional.output))
+    sigmoid.compile("sgd", "binary_crossentropy")
+    x, y = _images(8), (np.random.default_rng(0).random((8, CLASSES)) > 0.5).astype("float32")
+    callback = AttentionImages(str(tmp_path), x[:2], y[:2])  # multi_label not given: the sigmoid says it
+    sigmoid.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    callback.close()
+    assert _image_events(str(tmp_path)) == {"attention/00": [1], "attention/01": [1]}
 
 
 def test_attention_images_fail_before_the_first_epoch_on_a_model_without_feature_maps():

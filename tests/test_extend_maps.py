@@ -1,6 +1,8 @@
 """The extension recipes of BUILD_NOTES.md ("How to add…") for maps and panels: a toy attention map
 is one registry entry and flows through explain, ICASC and the panels; a toy panel row is one function."""
 
+import glob
+
 import keras
 import numpy as np
 import pytest
@@ -47,7 +49,10 @@ def test_a_registered_attention_map_flows_through_explain_icasc_and_the_panels(t
     history = icasc.fit(x, y, batch_size=8, epochs=1, verbose=0,
                         callbacks=[AttentionImages(str(tmp_path), x[:2], y[:2])])
     assert np.isfinite(history.history["as_inner"][0]) and history.history["as_inner"][0] > 0
-    assert (tmp_path / "attention").is_dir()
+    events = glob.glob(str(tmp_path / "attention" / "events.*"))
+    tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(path)
+            for value in event.summary.value}
+    assert {"attention/00", "attention/01"} <= tags
     get_attention(toy_map, trainable=True)  # trainable unless registered otherwise
 
 

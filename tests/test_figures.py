@@ -212,3 +212,16 @@ def test_script_draws_a_saved_keras_classifier_on_photographs(tmp_path):
     figure = np.asarray(Image.open(output).convert("RGB"))
     # Per photo: A_ch and Grad-CAM at the base's inner and last layers (4 rows), a rule between photos.
     assert figure.shape == (2 * 4 * (CAPTION + CELL) + 12, 3 * CELL, 3)
+
+
+@pytest.mark.slow
+def test_script_draws_a_plain_classifier_on_the_dataset_in_the_pixels_it_takes(run_dirs, tmp_path):
+    tiny_convnet(num_classes=10, size=32).save(run_dirs / "plain.keras")
+    data = [f"--data_dir={run_dirs / 'tfds'}", "--dataset_config=num_train=20,num_test=12", "--images=0"]
+    refused = _run_script(f"--model={run_dirs / 'plain.keras'}", *data, f"--output={tmp_path / 'a.png'}")
+    assert refused.returncode == 2 and _error_lines(refused)[0].startswith(
+        "visualize.py: error: Say which pixels plain takes, --pixel_scale")
+    drawn = _run_script(f"--model={run_dirs / 'plain.keras'}", *data, "--pixel_scale=1",
+                        f"--output={tmp_path / 'b.png'}")
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    assert np.asarray(Image.open(tmp_path / "b.png")).std() > 10 and not (tmp_path / "a.png").exists()

@@ -108,6 +108,28 @@ def test_the_default_layer_is_never_a_preprocessing_layer():
         explain(no_features, x)
 
 
+def test_defaults_with_shared_layers_split_maps_list_outputs_and_several_pools():
+    x_, _ = _data(2)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    conv = keras.layers.Conv2D(3, 3, padding="same", name="shared")
+    shared = conv(conv(inputs))  # called twice: no single output
+    head = keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(shared))
+    with pytest.raises(ValueError, match="the default layer='shared': layer 'shared' is called 2 times"):
+        FeatureGraph(keras.Model(inputs, head)).default_map()
+    c1 = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    first, _ = keras.ops.split(c1, 2, axis=-1)  # one output of several: it has no path
+    split = keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(first)))
+    with pytest.raises(ValueError, match="pools a map that is one output of a layer with several: name the layer"):
+        FeatureGraph(split).default_map()
+    listed = keras.Model(inputs, [keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(c1))])
+    assert explain(listed, x_)["layer"] == "c1"  # keras.Model(inputs, [outputs]): one output
+    s3 = keras.layers.Conv2D(4, 3, padding="same", name="stage3")(inputs)
+    s4 = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="stage4")(s3)
+    pools = [keras.layers.GlobalAveragePooling2D()(s) for s in (s4, s3)]  # the deeper map pooled first
+    both = keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.Concatenate()(pools)))
+    assert FeatureGraph(both).default_map() == "stage4"
+
+
 def test_keras_ops_in_the_graph_are_followed_and_named():
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.ops.relu(keras.layers.Conv2D(4, 3, name="conv")(inputs))  # an operation, not a layer
@@ -175,9 +197,42 @@ def test_icasc_terms_and_gradients_through_nesting_equal_the_flat_network(traini
     for path, g in gradients.items():
         np.testing.assert_allclose(g, flat_gradients[path], rtol=1e-4, atol=1e-5 * np.abs(g).max(), err_msg=path)
     assert np.abs(gradients["conv1/kernel"]).max() > 0
-    # The tap computes what the nested model computes, in both modes (Keras lets the outer call's
-    # training replace the nested call's training=False, keras-team/keras#20285).
-    np.testing.assert_allclose(nested(x, training=training), guide(x, training=training), rtol=1e-5, atol=1e-6)
+    # The flat graph computes what Keras computes for the nested model, in both modes (Keras lets the
+    # outer call's training replace the nested call's training=False, keras-team/keras#20285) and
+    # with none given (the nested call's own training=False applies).
+    np.testing.assert_allclose(terms["logits"], guide(x, training=training), rtol=1e-5, atol=1e-6)
+    graph = nested.graph
+    logits = keras.Model(graph.input, graph.output)
+    np.testing.assert_allclose(logits(x), guide(x), rtol=1e-5, atol=1e-6)
+
+
+def test_lr_multipliers_match_paths_through_nesting_the_most_specific_first():
+    from icasc_tf.lr_multipliers import GradientScales
+
+    guide = _guide(_base())
+    graph = FeatureGraph(guide)
+    variables = guide.trainable_variables
+    scales = GradientScales({"base": 10.0, "base/conv2": 2.0, "logits": 3.0, "bas": 7.0})
+    factor = dict(zip((v.path for v in variables), scales.factors(graph.layer_paths(), variables)))
+    assert factor["conv1/kernel"] == factor["bn1/gamma"] == 10.0  # under base/
+    assert factor["conv2/kernel"] == 2.0 and factor["logits/kernel"] == 3.0  # the longer prefix wins
+    # "bas" is neither a path nor a path under it ("base/..." is not "bas/...") nor a layer-name prefix here.
+    assert 7.0 not in factor.values()
+
+
+def test_a_softmax_head_under_mixed_precision_gives_float32_scores_and_finite_maps():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        base = _base()
+        twin = keras.Sequential([keras.Input((SIZE, SIZE, 3)), base, keras.layers.GlobalAveragePooling2D(),
+                                 keras.layers.Dense(CLASSES, activation="softmax", dtype="float32")])
+        x, _ = _data(4)
+        out = explain(twin, x, top_k=2)
+        probabilities = twin(x).numpy()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(out["maps"]).all() and out["maps"].max() > 0
+    np.testing.assert_allclose(out["probabilities"], np.sort(probabilities, axis=1)[:, ::-1][:, :2], rtol=1e-3)
 
 
 def test_second_order_gradient_through_a_nested_base_matches_finite_differences():

@@ -50,12 +50,23 @@ def test_the_pixel_range_is_a_rescaling_in_front_and_the_paths_follow(tmp_path):
         load_own_model(path, 1, inner_layer="nope", last_layer="out")
 
 
+def test_the_head_is_the_dense_before_a_separate_softmax(tmp_path):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inputs))
+    x = keras.layers.Activation("softmax", name="probabilities")(keras.layers.Dense(10, name="scores")(x))
+    keras.Model(inputs, x).save(tmp_path / "m.keras")
+    own = load_own_model(str(tmp_path / "m.keras"), 1, inner_layer="conv", last_layer="conv")
+    assert own.head == "scores"  # what --head_lr_multiplier speeds up: the layer with the weights
+
+
 def test_bad_combinations_are_refused_before_anything_runs(tmp_path):
     path, _ = _guide_file(str(tmp_path))
     with pytest.raises(ValueError, match="say which pixels it takes, --pixel_scale: the pixel range the model"):
         TrainConfig(arch=path).validate()
     with pytest.raises(ValueError, match="--weights applies to the registered backbones"):
         TrainConfig(arch=path, pixel_scale=255, weights="imagenet").validate()
+    with pytest.raises(ValueError, match="--mixed_precision cannot change --arch=.*train it without"):
+        TrainConfig(arch=path, pixel_scale=255, mixed_precision=True).validate()
     with pytest.raises(ValueError, match="--pixel_scale applies to --arch=FILE.keras only"):
         TrainConfig(pixel_scale=255).validate()
     with pytest.raises(ValueError, match="--arch=x: unknown; choose one of .*or give a saved Keras classifier"):
@@ -80,10 +91,10 @@ def test_train_resume_from_the_copy_and_evaluate_a_run_of_your_own_model(tmp_pat
         run_training(TrainConfig(**config), callbacks=[KillAtStep(10)])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["image_size"] == 32  # the model's own
     assert (tmp_path / "run" / "network.keras").is_file()
-    os.remove(path)  # the user's file has gone: the run folder's copy resumes the run
+    _guide_file(str(tmp_path), classes=3)  # the user's file changes: the run resumes the network it started with
     summary = run_training(TrainConfig(**config))
     out = capsys.readouterr().out
-    assert "is gone: the run folder's copy" in out and "resuming" in out
+    assert "network: the run folder's copy of" in out and "resuming" in out
     assert summary["optimizer_steps"] == 14 and np.isfinite(summary["test"]["final"]["loss"])
     final = keras.models.load_model(tmp_path / "run" / "final.keras")
     assert isinstance(final, ICASC)

@@ -37,6 +37,7 @@ __all__ = [
     "BackboneEntry",
     "ImagePreprocess",
     "MissingWeightsError",
+    "apply_weight_decay",
     "build_backbone",
     "check_weights",
     "imagenet_weights_help",
@@ -239,16 +240,21 @@ def _load_weights(model, name, weights, options):
 
 
 def _apply_weight_decay(model, weight_decay):
-    """L2 on every conv/dense kernel, scaled so that its gradient is ``weight_decay * w``.
-
-    That is PyTorch's ``SGD(weight_decay=...)``, the papers' recipes, hence L2(wd / 2).
-    Biases and BatchNormalization parameters are not decayed.
-    """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0; got {weight_decay}.")
+    apply_weight_decay(model.layers, weight_decay)
+
+
+def apply_weight_decay(layers, weight_decay):
+    """L2 on every conv/dense kernel of ``layers``, scaled so that its gradient is ``weight_decay * w``.
+
+    That is PyTorch's ``SGD(weight_decay=...)``, the papers' recipes, hence L2(wd / 2).
+    Biases and BatchNormalization parameters are not decayed. (A saved model trained as a run's
+    network passes every layer of its ``FeatureGraph``, nested ones included.)
+    """
     if not weight_decay:
         return
-    for layer in model.layers:
+    for layer in layers:
         if hasattr(layer, "kernel_regularizer") and getattr(layer, "kernel", None) is not None:
             regularizer = keras.regularizers.L2(weight_decay / 2)
             layer.kernel_regularizer = regularizer  # kept in the layer's config

@@ -187,14 +187,26 @@ def run_own_photos():
     if height is not None and (height, width) != (size, size):
         raise UserError(f"{path} takes {height}x{width} images: --photos draws square ones; pass no --image_size, or "
                         "a model that takes square images.")
-    if isinstance(model, ICASC):
-        scale = 1.0  # a run's model takes [0, 1]
-    elif FLAGS.pixel_scale is None:
-        raise UserError(f"Say which pixels {os.path.basename(path)} takes, --pixel_scale: {PIXEL_SCALE_HELP}.")
-    else:
-        scale = float(FLAGS.pixel_scale)
+    scale = _pixel_scale({os.path.basename(path): model})
     name = os.path.splitext(os.path.basename(path))[0]
     return _photo_figure(model, name, size, _class_names(FLAGS.class_names), scale=scale)
+
+
+def _pixel_scale(models):
+    """The factor from the [0, 1] images to what ``models`` take: 1 for ICASC models (a run's take
+    [0, 1]), ``--pixel_scale`` (required) for any other classifier; one for all of them."""
+    plain = [name for name, model in models.items() if not isinstance(model, ICASC)]
+    if not plain:
+        if FLAGS.pixel_scale is not None:
+            raise UserError("--pixel_scale applies to a classifier that is not ICASC: a run's ICASC model takes "
+                            "[0, 1].")
+        return 1.0
+    if FLAGS.pixel_scale is None:
+        raise UserError(f"Say which pixels {plain[0]} takes, --pixel_scale: {PIXEL_SCALE_HELP}.")
+    if len(plain) < len(models) and FLAGS.pixel_scale != "1":
+        raise UserError(f"The ICASC model takes [0, 1] and {', '.join(plain)} [0, {FLAGS.pixel_scale}]: draw them "
+                        "apart.")
+    return float(FLAGS.pixel_scale)
 
 
 def _class_names(given):
@@ -228,6 +240,7 @@ def run():
     if label in models:
         label += " (--model_dir)"
     models[label] = _load_model(main_path)
+    scale = _pixel_scale(models)
 
     config = RunDir(FLAGS.model_dir).config() if FLAGS.model_dir else TrainConfig()
     if FLAGS.dataset_config is not None:
@@ -259,7 +272,7 @@ def run():
         f"top5_{_file_part(split)}_{FLAGS.attention}_{_file_part(FLAGS.layer)}.png",
     )
     top5_figure(
-        models, images, labels, class_names=info.class_names, attention=FLAGS.attention,
+        models, images * scale, labels, class_names=info.class_names, attention=FLAGS.attention,
         path=output, boxes=boxes, layer=FLAGS.layer, top_k=FLAGS.top_k,
     )
     return output

@@ -268,8 +268,11 @@ class TrainConfig:
         if given:
             problems.append(ValueError(
                 f"--{', --'.join(given)} {'applies' if len(given) == 1 else 'apply'} to the registered backbones: "
-                f"--arch={self.arch} brings its own "
-                "weights and layers."))
+                f"--arch={self.arch} brings its own weights and layers."))
+        if self.mixed_precision:
+            problems.append(ValueError(
+                f"--mixed_precision cannot change --arch={self.arch}: a saved model's layers keep the precision they "
+                "were saved with; train it without --mixed_precision."))
         return problems
 
     def _check_weights(self):

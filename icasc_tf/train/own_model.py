@@ -53,18 +53,16 @@ def load_own_model(path, pixel_scale, inner_layer="", last_layer=""):
     defaults = None
     if isinstance(model, ICASC):  # a run's model: its own layers, its own convention
         defaults, model = (model.inner_layer, model.last_layer), model.backbone
-    graph = FeatureGraph(model)
+    graph = FeatureGraph.of(model)
     height, width = model.inputs[0].shape[1:3]
     if height is None or height != width:
         raise ValueError(f"--arch={path} takes images of {height}x{width} pixels: a run trains on square images of "
                          "one size; save the model with keras.Input(shape=(size, size, 3)).")
-    if bool(inner_layer) != bool(last_layer):
-        raise ValueError("Give both --inner_layer and --last_layer, or neither (the default pair).")
-    if inner_layer:
-        inner, last = graph.resolve(inner_layer, "--inner_layer"), graph.resolve(last_layer, "--last_layer")
+    if defaults and not inner_layer and not last_layer:
+        inner, last = defaults
     else:
-        inner, last = defaults or graph.default_pair()
-    head, classes = graph.output_path, int(graph.scores()[0].shape[-1])
+        inner, last = graph.layer_pair(inner_layer, last_layer, roles=("--inner_layer", "--last_layer"))
+    head, classes = graph.head_path, int(graph.scores()[0].shape[-1])
     if pixel_scale != 1:
         inputs = keras.Input(model.inputs[0].shape[1:], name="image")
         scaled = keras.layers.Rescaling(float(pixel_scale), name=f"pixels_0_{pixel_scale}")(inputs)

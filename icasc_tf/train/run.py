@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from icasc_tf import painless
-from icasc_tf.backbones import build_backbone
+from icasc_tf.backbones import apply_weight_decay, build_backbone
 from icasc_tf.data.registry import get_spec
-from icasc_tf.feature_maps import HEAD_LAYER
+from icasc_tf.feature_maps import HEAD_LAYER, FeatureGraph
 from icasc_tf.fit_callbacks import AttentionImages, AttentionWarmup
 from icasc_tf.keras_compat import multi_worker
 from icasc_tf.model import ICASC
@@ -57,6 +57,7 @@ def build_model(config, info, own=None):
     """The run's ``ICASC`` model (backbone, painless attention, method options); not compiled.
     ``own``: the ``OwnModel`` of ``--arch=FILE.keras``, else the registered backbone is built."""
     if own is not None:
+        apply_weight_decay([layer for _, layer in FeatureGraph.of(own.model).layer_paths()], config.weight_decay)
         return _icasc(config, info, own.model, own.inner_layer, own.last_layer, [own.head])
     backbone = build_backbone(
         config.arch,
@@ -188,11 +189,11 @@ def _load_own_model(run):
     if not is_model_file(config.arch):
         return
     path = config.arch
-    if not os.path.isfile(path):
-        if not os.path.isfile(run.run_dir.network_path):
-            raise FileNotFoundError(f"--arch={config.arch}: no such file.")
-        path = run.run_dir.network_path
-        print(f"{config.arch} is gone: the run folder's copy {path} is loaded", flush=True)
+    if os.path.isfile(run.run_dir.network_path) and not config.overwrite:
+        path = run.run_dir.network_path  # the network the run started with, whatever became of the file since
+        print(f"network: the run folder's copy of {config.arch} as the run started ({path})", flush=True)
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"--arch={config.arch}: no such file.")
     with run.strategy.scope():
         run.own_model = load_own_model(path, config.pixel_scale, config.inner_layer, config.last_layer)
     if config.image_size not in (0, run.own_model.image_size):
