@@ -47,6 +47,7 @@ class Explainer:
         scores before it), ``"logits"`` (the output is the scores) or ``"probabilities"``
         (insist on a final softmax/sigmoid).
       multi_label: the scores are per-class sigmoid scores (recognised by itself after a sigmoid).
+    An ICASC model brings its own: its logits and its ``multi_label``.
     ``layers`` holds the resolved paths; ``multi_label`` whether the scores are sigmoid scores.
     """
 
