@@ -105,11 +105,15 @@ def module_help(usage, module_name):
 
 def begin(argv):
     """Refuses stray arguments; keeps TFDS's and TensorFlow's info lines out of the output
-    unless the user asked for a --verbosity."""
+    unless the user asked for a --verbosity, and TFDS's progress bars out of a redirected one."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
+    if not sys.stderr.isatty():  # a log file gets our one line on a dataset's preparation, not redrawn bars
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
 
 
 def fail(command, error, status=2):
