@@ -8,6 +8,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ runtime warnings; read when it loads
 
+import icasc_tf  # noqa: F401  (before TensorFlow loads: in our scripts it keeps TensorFlow's start-up notes out)
+
+# isort: split
 import keras
 import numpy as np
 from absl import app, flags
