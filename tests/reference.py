@@ -75,3 +75,19 @@ def consistency(A, M, theta=0.8):
 def multilabel_soft_margin(y, z):
     # log(sigmoid(z)) and log(1 - sigmoid(z)) written out, averaged over classes.
     return np.mean(-(y * np.log(1 / (1 + np.exp(-z))) + (1 - y) * np.log(1 - 1 / (1 + np.exp(-z)))), axis=-1)
+
+
+def check_finite_differences(loss, variable, analytic, count, h=1e-5, rtol=1e-3, atol=1e-8):
+    """Central differences of ``loss()`` (a scalar tensor) at the ``count`` entries of ``variable`` where
+    ``analytic`` (its gradient) is largest, against ``analytic``; ``variable`` is restored."""
+    original = variable.numpy()
+    for index in np.argsort(-np.abs(analytic).ravel())[:count]:
+        idx = np.unravel_index(index, original.shape)
+        values = []
+        for step in (h, -h):
+            w = original.copy()
+            w[idx] += step
+            variable.assign(w)
+            values.append(float(loss()))
+        variable.assign(original)
+        np.testing.assert_allclose(analytic[idx], (values[0] - values[1]) / (2 * h), rtol=rtol, atol=atol)
